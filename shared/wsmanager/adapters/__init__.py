@@ -1,0 +1,1 @@
+"""Adapters behind the ports: memory, SQLite, Redis (and Dapr, Knative in their own modules)."""

@@ -1,0 +1,1 @@
+"""The pure core of wsmanager: model, ownership rules, framing and errors. No I/O here."""
