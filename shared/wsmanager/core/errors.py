@@ -17,7 +17,7 @@ them with :func:`error_body`; nothing else decides a status code.
     │   ├── NotConnected                  FAILED_PRECONDITION  409  socket is not open
     │   ├── IllegalTransition             FAILED_PRECONDITION  409  status change not in the table
     │   └── SelfFenced                    FAILED_PRECONDITION  409  renew deadline lapsed (R8)
-    ├── ConcurrencyConflict               ABORTED              409  ETag mismatch (R2): re-read, retry
+    ├── ConcurrencyConflict               ABORTED              409  ETag mismatch (R2), re-read
     ├── ResourceExhausted                 RESOURCE_EXHAUSTED   429  send queue full (backpressure)
     ├── DeadlineExceeded(TimeoutError)    DEADLINE_EXCEEDED    504  no correlated reply in time
     ├── Unavailable                       UNAVAILABLE          503  retryable
