@@ -23,6 +23,7 @@ __all__ = [
     "Heartbeat",
     "Owner",
     "check_transition",
+    "new_incarnation",
 ]
 
 
@@ -216,3 +217,11 @@ class Heartbeat:
             endpoint=_require(data, "endpoint", str),
             connection_count=_require(data, "connection_count", int),
         )
+
+
+def new_incarnation(started_at: float, nonce: str) -> str:
+    """R1: a per-process-start token. Sorts by start time, so the newest incarnation of an
+    instance id is recognisable (a superseded process learns it must stop)."""
+    if not nonce or started_at < 0:
+        raise InvalidArgument("an incarnation needs a start time and a random nonce")
+    return f"{int(started_at * 1_000_000):020d}-{nonce}"

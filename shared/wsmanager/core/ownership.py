@@ -69,9 +69,7 @@ class LivenessPolicy:
             raise InvalidArgument("stale threshold and stale connection TTL must be > 0")
         if self.heartbeats_enabled and self.stale_threshold <= self.heartbeat_interval:
             raise InvalidArgument("stale threshold must be longer than the heartbeat interval")
-        if self.renew_deadline is not None and not (
-            0 < self.renew_deadline < self.takeover_window
-        ):
+        if self.renew_deadline is not None and not (0 < self.renew_deadline < self.takeover_window):
             raise InvalidArgument("renew deadline must be > 0 and shorter than the stale window")
 
     @property
@@ -116,8 +114,9 @@ def liveness(
     return Liveness.ALIVE if age <= policy.stale_threshold else Liveness.DEAD
 
 
-def owner_alive(owner: Owner, heartbeats: Mapping[str, Heartbeat], now: float,
-                policy: LivenessPolicy) -> bool:
+def owner_alive(
+    owner: Owner, heartbeats: Mapping[str, Heartbeat], now: float, policy: LivenessPolicy
+) -> bool:
     return liveness(owner, heartbeats.get(owner.instance_id), now, policy) is Liveness.ALIVE
 
 
@@ -253,4 +252,3 @@ def dead_owners(
         if hb is None or liveness(hb.owner, hb, now, policy) is Liveness.DEAD:
             out.add(instance_id)
     return out
-
