@@ -148,4 +148,3 @@ class Clock(Protocol):
     """Wall-clock seconds since the epoch. Tests pass a controllable one."""
 
     def now(self) -> float: ...
-

@@ -104,5 +104,3 @@ class MemoryStateStore:
         """Remove every key under this store's prefix (test cleanup)."""
         for key in [k for k in self._data if k.startswith(self._prefix)]:
             del self._data[key]
-
-
