@@ -316,34 +316,37 @@ class OwnershipService:
                 continue
         raise ConcurrencyConflict(f"could not delete {connection_id}")
 
-    async def my_records(self) -> dict[str, Stored]:
-        """Records my per-owner index lists for this incarnation, as stored now."""
+    async def my_records(self, also: Iterable[str] = ()) -> dict[str, Stored]:
+        """Records my per-owner index lists for this incarnation (plus ``also``), as stored
+        now. Callers check ``record.owner``: a record listed in ``also`` may be someone else's.
+        """
         index = await read_owner_index(self.store, keys.owner_index_key(self.me.instance_id))
-        ids = [i for i, inc in index.value.items() if inc == self.me.incarnation]
+        ids = {i for i, inc in index.value.items() if inc == self.me.incarnation} | set(also)
         out: dict[str, Stored] = {}
-        for part in chunks(ids, 500):
+        for part in chunks(sorted(ids), 500):
             raw = await self.store.bulk_get([keys.connection_key(i) for i in part])
             for value in raw.values():
                 record = ConnectionRecord.from_json(value.value)
                 out[record.id] = Stored(record, value.etag)
         return out
 
-    async def renew_mine(self) -> RenewReport:
+    async def renew_mine(self, held: Iterable[str] = ()) -> RenewReport:
         """R6/R12 (+R8 when heartbeats are off): confirm every record I still own.
 
-        Records that are gone or owned by someone else are reported as lost: the caller must
-        close their sockets without sending or publishing anything more (R8).
+        ``held`` names the connections the caller holds sockets for. Any of them that is gone
+        or owned by someone else now is reported as lost: the caller must close its socket
+        without sending or publishing anything more (R8).
         """
         started = self.clock.now()
-        index = await read_owner_index(self.store, keys.owner_index_key(self.me.instance_id))
-        expected = {i for i, inc in index.value.items() if inc == self.me.incarnation}
-        current = await self.my_records()
-        report = RenewReport(lost={i for i in expected if i not in current})
+        held = set(held)
+        current = await self.my_records(also=held)
+        report = RenewReport(lost={i for i in held if i not in current})
 
         async def renew_one(stored: Stored) -> None:
             record = stored.record
             if record.owner != self.me:
-                report.lost.add(record.id)
+                if record.id in held:
+                    report.lost.add(record.id)
                 return
             try:
                 await self.store.save(
@@ -366,9 +369,9 @@ class OwnershipService:
             self.last_renewal_at = started
         return report
 
-    async def reconfirm(self) -> RenewReport:
+    async def reconfirm(self, held: Iterable[str] = ()) -> RenewReport:
         """R8: after a lapse, re-read my records; the caller drops the lost ones, then acts."""
-        return await self.renew_mine()
+        return await self.renew_mine(held)
 
     async def release_all(self) -> list[str]:
         """R11: hand my records back ownerless (token + 1) so a peer adopts them at once, then
