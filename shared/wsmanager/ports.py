@@ -11,9 +11,14 @@ memory are interchangeable (one conformance suite in ``tests/integration`` runs 
 * ``transact`` checks every ETag first and then applies every operation, or raises and applies
   none (all-or-nothing).
 * ``ttl_seconds`` makes a key expire (garbage collection only, R12).
-* Any failure of the backend itself raises :class:`StoreUnavailable` (retryable).
+* Any failure of the backend itself raises :class:`StoreUnavailable` (retryable). On a write,
+  that means the outcome is unknown: the write may have been applied. Callers re-read before
+  retrying a CAS (a retried write may otherwise conflict with itself).
 
-ETags are opaque strings: adapters may hand out numbers or random strings.
+ETags are opaque strings: adapters may hand out numbers or random strings. An ETag is never
+reused for a key: a value deleted and re-created gets an ETag its predecessor never had, so a
+stale CAS cannot succeed against a new incarnation of the key. ETags of different keys may
+be equal.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ def check_prefix(prefix: str) -> str:
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
         raise InvalidArgument(f"state key must be a non-empty string of at most {MAX_KEY_LENGTH}")
+    try:
+        key.encode()
+    except UnicodeEncodeError:  # lone surrogates: no backend can store them
+        raise InvalidArgument("state key must be valid Unicode") from None
     return key
 
 
