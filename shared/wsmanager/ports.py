@@ -17,8 +17,9 @@ memory are interchangeable (one conformance suite in ``tests/integration`` runs 
 
 ETags are opaque strings: adapters may hand out numbers or random strings. An ETag is never
 reused for a key: a value deleted and re-created gets an ETag its predecessor never had, so a
-stale CAS cannot succeed against a new incarnation of the key. ETags of different keys may
-be equal.
+stale CAS cannot succeed against a new incarnation of the key — except through Dapr, whose
+Redis store restarts a re-created key's version at 1 (so callers never CAS a re-created key
+with an ETag read before its deletion). ETags of different keys may be equal.
 """
 
 from __future__ import annotations
