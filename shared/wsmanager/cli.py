@@ -11,16 +11,25 @@ as ``wsm: configuration error: <key>: <message>`` and exits with 1 (reference be
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from wsmanager import __version__
 from wsmanager._config_table import extra, named_fields
 from wsmanager.config import Settings, format_value
-from wsmanager.core.errors import ConfigError
+from wsmanager.core.errors import ConfigError, WsmError
+
+if TYPE_CHECKING:
+    from wsmanager.client import WsmClient
+
+#: The holder URL client subcommands talk to unless told otherwise (HttpPort's default).
+DEFAULT_URL = "http://127.0.0.1:5001"
 
 __all__ = ["COMMANDS", "Command", "add_config_arguments", "build_parser", "load_settings", "main"]
 
@@ -91,21 +100,239 @@ def _run_config(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+# -- running a holder -------------------------------------------------------------------------
+
+
+def _register_serve(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument(
+        "--data-dir", default=".wsm", help="SQLite state and the token file (default ./.wsm)"
+    )
+    parser.set_defaults(handler=_run_serve)
+
+
+def _register_holder(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.set_defaults(handler=_run_holder)
+
+
+def _start(settings: Settings, host: str, token: str, banner: list[str]) -> int:
+    from wsmanager.holder.bootstrap import configure_logging, run_holder
+
+    for notice in settings.notices:
+        print(f"wsm: note: {notice}", file=sys.stderr)
+    configure_logging(settings)
+
+    def on_listening(url: str) -> None:
+        print(f"wsm: listening on {url}", *banner, sep="\n  ", flush=True)
+
+    try:
+        run_holder(settings, host=host, token=token, on_listening=on_listening)
+    except (WsmError, OSError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        text = f"{exc.code}: {exc.message}" if isinstance(exc, WsmError) else str(exc)
+        print(f"wsm: start-up failed: {text}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from wsmanager.holder.bootstrap import ensure_token, serve_settings
+
+    data_dir = Path(args.data_dir)
+    settings = serve_settings(load_settings(args, environ), data_dir)
+    secret = settings.internal_token
+    token = secret.get_secret_value() if secret is not None else ensure_token(data_dir)
+    where = "WSM_INTERNAL_TOKEN" if secret is not None else str(data_dir / "token")
+    banner = [
+        f"state:  {format_value(settings.redacted()['WSM_STATE_URL'])}",
+        f"pubsub: {settings.pubsub_url}",
+        f"token:  {where}",
+    ]
+    return _start(settings, args.host, token, banner)
+
+
+def _run_holder(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    settings = load_settings(args, environ)
+    if settings.internal_token is None:
+        raise ConfigError("WSM_INTERNAL_TOKEN", "required: wsm holder refuses to start without it")
+    for key, value in (
+        ("WSM_STATE_URL", settings.state_url),
+        ("WSM_PUBSUB_URL", settings.pubsub_url),
+    ):
+        if value is None:
+            raise ConfigError(key, "required by wsm holder")
+    return _start(settings, args.host, settings.internal_token.get_secret_value(), [])
+
+
+# -- client subcommands -------------------------------------------------------------------------
+
+ClientCall = Callable[["WsmClient", argparse.Namespace], Awaitable[Any]]
+
+
+def _client_command(parser: argparse.ArgumentParser, call: ClientCall) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"holder URL (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--token-file", help="token file (default: $WSM_INTERNAL_TOKEN, else ./.wsm/token)"
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    parser.add_argument("--json", action="store_true", help="print the full JSON answer")
+    parser.set_defaults(handler=_client_handler(call))
+
+
+def _client_handler(call: ClientCall) -> Handler:
+    def handler(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+        from wsmanager.client import WsmClient, find_token
+
+        async def run() -> Any:
+            token = find_token(environ, args.token_file)
+            async with WsmClient(args.url, token, timeout=args.timeout) as client:
+                return await call(client, args)
+
+        try:
+            result = asyncio.run(run())
+        except WsmError as exc:
+            print(f"wsm: {exc.details.get('code', exc.code)}: {exc.message}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        if result is not None:
+            print(result if isinstance(result, str) else json.dumps(result, indent=2))
+        return 0
+
+    return handler
+
+
+def _message(text: str) -> str:
+    return sys.stdin.read() if text == "-" else text
+
+
+async def _connect(client: WsmClient, args: argparse.Namespace) -> Any:
+    answer = await client.connect(
+        args.ws_url,
+        tags=dict(args.tag),
+        auto_reconnect=args.auto_reconnect,
+        content_type=args.content_type,
+    )
+    return answer if args.json else answer["connection_id"]
+
+
+async def _list(client: WsmClient, args: argparse.Namespace) -> Any:
+    records = await client.list(dict(args.filters))
+    if args.json:
+        return records
+    lines = [f"{r['id']}  {r['status']:<12}  {r['url']}  {r['topic'] or '-'}" for r in records]
+    return "\n".join(lines) if lines else None
+
+
+async def _send(client: WsmClient, args: argparse.Namespace) -> Any:
+    answer = await client.send(
+        args.id, _message(args.message), content_type=args.content_type, timeout_ms=args.timeout_ms
+    )
+    return answer if args.json else answer["response"]
+
+
+async def _send_raw(client: WsmClient, args: argparse.Namespace) -> Any:
+    await client.send_raw(args.id, _message(args.message), content_type=args.content_type)
+    return {} if args.json else None
+
+
+async def _publish(client: WsmClient, args: argparse.Namespace) -> Any:
+    record = await client.start_publish(args.id, args.topic)
+    return record if args.json else None
+
+
+async def _unpublish(client: WsmClient, args: argparse.Namespace) -> Any:
+    record = await client.stop_publish(args.id)
+    return record if args.json else None
+
+
+async def _disconnect(client: WsmClient, args: argparse.Namespace) -> Any:
+    await client.disconnect(args.id)
+    return {} if args.json else None
+
+
+async def _tail(client: WsmClient, args: argparse.Namespace) -> Any:
+    def subscribed() -> None:
+        print(f"wsm: tailing {args.topic}", file=sys.stderr, flush=True)
+
+    async for event in client.tail(args.topic, limit=args.count, on_subscribed=subscribed):
+        if event.get("type") == "overflow":
+            print(f"wsm: fell behind, lost {event['dropped']} events", file=sys.stderr)
+            continue
+        print(json.dumps(event) if args.json else event["data"], flush=True)
+    return None
+
+
+def _register_connect(parser: argparse.ArgumentParser) -> None:
+    _client_command(parser, _connect)
+    parser.add_argument("ws_url", metavar="URL", help="ws:// or wss:// URL")
+    parser.add_argument("--tag", metavar="KEY=VALUE", type=_key_value, action="append", default=[])
+    parser.add_argument("--auto-reconnect", action="store_true")
+    parser.add_argument("--content-type", help="default content type of the connection")
+
+
+def _register_list(parser: argparse.ArgumentParser) -> None:
+    _client_command(parser, _list)
+    parser.add_argument(
+        "filters", metavar="KEY=VALUE", type=_key_value, nargs="*", help="tag filters (AND)"
+    )
+
+
+def _register_send(parser: argparse.ArgumentParser, raw: bool = False) -> None:
+    _client_command(parser, _send_raw if raw else _send)
+    parser.add_argument("id", help="connection id")
+    parser.add_argument("message", help="text, or base64 for binary content types; - for stdin")
+    parser.add_argument("--content-type", help="default: the connection's")
+    if not raw:
+        parser.add_argument("--timeout-ms", type=int, help="reply timeout (default 10000)")
+
+
+def _register_send_raw(parser: argparse.ArgumentParser) -> None:
+    _register_send(parser, raw=True)
+
+
+def _register_id_command(call: ClientCall, *extra_args: str) -> Registrar:
+    def register(parser: argparse.ArgumentParser) -> None:
+        _client_command(parser, call)
+        parser.add_argument("id", help="connection id")
+        for name in extra_args:
+            parser.add_argument(name)
+
+    return register
+
+
+def _register_tail(parser: argparse.ArgumentParser) -> None:
+    _client_command(parser, _tail)
+    parser.add_argument("topic", help="topic to watch ('*': every topic)")
+    parser.add_argument("--count", type=int, help="stop after this many messages")
+
+
 #: Every planned subcommand, in the order ``--help`` lists them. To implement one, write
 #: ``_register_<name>(parser)`` (arguments + ``parser.set_defaults(handler=...)``) and put it here.
 COMMANDS: dict[str, Command] = {
     "serve": Command(
-        "run a complete local system in one process (holder, functions, SQLite, in-process pub/sub)"
+        "run a complete local system in one process "
+        "(holder, functions, SQLite, in-process pub/sub)",
+        _register_serve,
     ),
-    "holder": Command("run one production holder"),
-    "connect": Command("open a managed outbound WebSocket connection"),
-    "list": Command("list connections (filter by tags)"),
-    "send": Command("send a correlated request and print the reply"),
-    "send-raw": Command("send a message as is, without waiting for a reply"),
-    "publish": Command("start publishing a connection's inbound frames to a topic"),
-    "unpublish": Command("stop publishing a connection's inbound frames"),
-    "disconnect": Command("close a connection"),
-    "tail": Command("print the messages published on a topic"),
+    "holder": Command("run one production holder", _register_holder),
+    "connect": Command("open a managed outbound WebSocket connection", _register_connect),
+    "list": Command("list connections (filter by tags)", _register_list),
+    "send": Command("send a correlated request and print the reply", _register_send),
+    "send-raw": Command("send a message as is, without waiting for a reply", _register_send_raw),
+    "publish": Command(
+        "start publishing a connection's inbound frames to a topic",
+        _register_id_command(_publish, "topic"),
+    ),
+    "unpublish": Command(
+        "stop publishing a connection's inbound frames", _register_id_command(_unpublish)
+    ),
+    "disconnect": Command("close a connection", _register_id_command(_disconnect)),
+    "tail": Command("print the messages published on a topic", _register_tail),
     "config": Command("print the effective configuration (secrets redacted)", _register_config),
 }
 
