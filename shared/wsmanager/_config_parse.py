@@ -13,11 +13,12 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BeforeValidator, Field
 
 from wsmanager.core.errors import ConfigError
+from wsmanager.core.validation import redact_url as _redact_url
 
 __all__ = [
     "Flag",
@@ -42,7 +43,6 @@ _INT = re.compile(r"[+-]?\d+")
 _FLOAT = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-_SECRET_QUERY = re.compile(r"pass|secret|token|key|auth", re.IGNORECASE)
 
 
 def parse_int(value: object) -> int:
@@ -209,24 +209,8 @@ def check_target_host(hosts: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def redact_url(url: str) -> str:
-    """Replace the password of a URL (and secret-looking query values) with ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    netloc, query = parts.netloc, parts.query
-    userinfo, at, hostport = netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if at and colon and password:
-        netloc = f"{user}:***@{hostport}"
-    pairs = parse_qsl(query, keep_blank_values=True)
-    if any(_SECRET_QUERY.search(k) for k, _ in pairs):
-        query = urlencode(
-            [(k, "***" if _SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*"
-        )
-    if (netloc, query) == (parts.netloc, parts.query):
-        return url  # unchanged (and urlunsplit would drop an empty "//")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    """A backend URL as ``wsm config`` shows it: user kept, password and secrets as ``***``."""
+    return _redact_url(url, keep_user=True)
 
 
 def _flatten(value: object, prefix: str, out: dict[str, object]) -> None:

@@ -28,16 +28,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from wsmanager.adapters._keys import check_key, check_operations, check_prefix, check_ttl
 from wsmanager.core.errors import ConcurrencyConflict, InvalidArgument, StoreUnavailable
+from wsmanager.core.validation import redact_text, redact_url
 from wsmanager.ports import Absent, Delete, Etag, Expect, Operation, Upsert, Versioned
 
-__all__ = ["RedisStateStore", "redact_url"]
+__all__ = ["RedisStateStore", "redis_from_url"]
 
 # ARGV holds 5 fields per operation (KEYS[i] is its key): kind S(ave)/D(elete), expectation
 # N(one)/A(bsent)/E(tag), the expected ETag, the value, the TTL in ms ("0": none).
@@ -88,11 +89,30 @@ return out
 _MAX_TTL_MS = 10**15
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password (userinfo or ``?password=``) replaced by ``***``."""
-    # Up to the last "@" of the authority, as urllib does: a raw "@" in a password stays hidden.
-    url = re.sub(r"(//[^/@?#:]*:)[^/?#]*@", r"\1***@", url)
-    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
+#: Connections one client may hold. Bursts (hundreds of adoptions at once, renewals) wait for a
+#: free connection instead of failing: redis-py's default pool raises when it is exhausted.
+POOL_SIZE = 128
+
+
+def redis_from_url(url: str, *, socket_timeout: float = 5.0) -> Redis:
+    """A client for ``url`` that times out after ``socket_timeout``, retries a lost connection
+    twice (a dead Redis is reported within seconds), and waits for a pooled connection.
+
+    Raises:
+        InvalidArgument: the URL is malformed (shown without its credentials).
+    """
+    try:
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
+        )
+    except ValueError as exc:  # redis-py's verdict on a malformed URL
+        raise InvalidArgument(f"bad Redis URL {redact_url(url)!r}") from exc
+    return Redis.from_pool(pool)
 
 
 def _ttl_ms(ttl_seconds: float | None) -> int:
@@ -123,15 +143,7 @@ class RedisStateStore:
         self._prefix = check_prefix(key_prefix)
         if isinstance(client_or_url, str):
             self._where = f"url={redact_url(client_or_url)!r}"
-            try:
-                self._client: Redis = Redis.from_url(
-                    client_or_url,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
-                )
-            except ValueError as exc:  # redis-py's verdict on a malformed URL
-                raise InvalidArgument(f"bad Redis URL {redact_url(client_or_url)!r}") from exc
+            self._client: Redis = redis_from_url(client_or_url, socket_timeout=socket_timeout)
             self._owns_client = True
         elif isinstance(client_or_url, Redis):
             kwargs = client_or_url.connection_pool.connection_kwargs
@@ -159,7 +171,7 @@ class RedisStateStore:
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         # redis-py messages name host and port, not passwords; redact URLs anyway.
-        detail = redact_url(str(exc))
+        detail = redact_text(str(exc))
         return StoreUnavailable(f"redis state store failed: {type(exc).__name__}: {detail}")
 
     async def get(self, key: str) -> Versioned | None:

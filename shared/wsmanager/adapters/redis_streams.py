@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
+from wsmanager.adapters.redis import redis_from_url
 from wsmanager.core.errors import InvalidArgument, Unavailable
 from wsmanager.core.framing import is_text_content_type
 from wsmanager.core.validation import redact_url
@@ -105,15 +104,7 @@ class RedisStreamPublisher:
         self.key_prefix = key_prefix
         if isinstance(client_or_url, str):
             self._where = f"url={redact_url(client_or_url)!r}"
-            try:
-                self._client: Redis = Redis.from_url(
-                    client_or_url,
-                    socket_timeout=socket_timeout,
-                    socket_connect_timeout=socket_timeout,
-                    retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2),
-                )
-            except ValueError as exc:
-                raise InvalidArgument(f"bad Redis URL {redact_url(client_or_url)!r}") from exc
+            self._client: Redis = redis_from_url(client_or_url, socket_timeout=socket_timeout)
             self._owns_client = True
         elif isinstance(client_or_url, Redis):
             self._where = "client"

@@ -33,6 +33,7 @@ __all__ = [
     "address_refusal",
     "host_allowed",
     "parse_tag_filters",
+    "redact_text",
     "redact_url",
     "validate_tag_key",
     "validate_tag_value",
@@ -201,17 +202,24 @@ def validate_url(url: str, allowed_hosts: Iterable[str] = ()) -> ParsedUrl:
     return ParsedUrl(url=url, scheme=scheme, host=host, port=port, ip=ip)
 
 
-def redact_url(url: str) -> str:
-    """The URL as it may be shown: userinfo removed, secret-looking query values as ``***``.
+def redact_url(url: str, *, keep_user: bool = False) -> str:
+    """The URL as it may be shown: credentials hidden, secret-looking query values as ``***``.
 
-    Non-secret query parameters are kept byte for byte. Something that does not parse as a URL
-    is not shown at all.
+    By default the whole userinfo is removed (what API output, events and logs of outbound URLs
+    show). ``keep_user=True`` keeps the user name and shows a password as ``***`` (what
+    ``wsm config`` shows of backend URLs, so an operator sees that a password is set).
+    Non-secret query parameters are kept byte for byte; an empty ``//`` authority survives.
+    Something that does not parse as a URL is not shown at all.
     """
     try:
         parts = urlsplit(url)
     except (ValueError, TypeError):
         return "<invalid url>"
-    netloc = parts.netloc.rpartition("@")[2]
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = hostport
+    if keep_user and at:
+        user, colon, password = userinfo.partition(":")
+        netloc = f"{user}:***@{hostport}" if colon and password else f"{userinfo}@{hostport}"
     query = parts.query
     if query:
         out = []
@@ -219,7 +227,19 @@ def redact_url(url: str) -> str:
             name, eq, _ = pair.partition("=")
             out.append(f"{name}=***" if eq and _SECRET_PARAM.search(name.lower()) else pair)
         query = "&".join(out)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # unchanged (and urlunsplit would drop an empty "//" authority)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_URL_PASSWORD = re.compile(r"(//[^/@?#:\s]*:)[^/?#\s]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_text(text: str) -> str:
+    """Free text (an exception message, say) with URL passwords replaced by ``***``."""
+    # Up to the last "@" of the authority, as urllib does: a raw "@" in a password stays hidden.
+    return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
 
 
 def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
