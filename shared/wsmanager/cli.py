@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 #: The holder URL client subcommands talk to unless told otherwise (HttpPort's default).
 DEFAULT_URL = "http://127.0.0.1:5001"
 
-__all__ = ["COMMANDS", "Command", "add_config_arguments", "build_parser", "load_settings", "main"]
+__all__ = [
+    "COMMANDS",
+    "Command",
+    "add_config_arguments",
+    "build_parser",
+    "cli_overrides",
+    "load_settings",
+    "main",
+]
 
 Handler = Callable[[argparse.Namespace, Mapping[str, str]], int]
 Registrar = Callable[[argparse.ArgumentParser], None]
@@ -68,13 +76,19 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             group.add_argument(*flags, dest=f"config_{name}", metavar="VALUE", help=f"sets {key}")
 
 
-def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Settings from ``--appsettings``, ``environ``, ``--set`` and then the dedicated flags."""
+def cli_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given on the command line: ``--set`` and then the dedicated flags."""
     overrides = dict(getattr(args, "config_set", []))
     for name, key, _ in named_fields(Settings):
         value = getattr(args, f"config_{name}", None)
         if value is not None:
             overrides[key] = value
+    return overrides
+
+
+def load_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
+    """Settings from ``--appsettings``, ``environ``, ``--set`` and then the dedicated flags."""
+    overrides = cli_overrides(args)
     return Settings.load(
         environ=environ, appsettings_path=getattr(args, "appsettings", None), overrides=overrides
     )
@@ -108,6 +122,14 @@ def _register_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument(
         "--data-dir", default=".wsm", help="SQLite state and the token file (default ./.wsm)"
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N holder processes (wsm-1..wsm-N on HttpPort..HttpPort+N-1) sharing the "
+        "state and token; kill one and watch the others take over",
     )
     parser.set_defaults(handler=_run_serve)
 
@@ -152,6 +174,18 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         f"pubsub: {settings.pubsub_url}",
         f"token:  {where}",
     ]
+    count = getattr(args, "instances", 1)
+    if count != 1:
+        from wsmanager.holder.instances import run_instances, serve_argv
+
+        return run_instances(
+            settings,
+            count=count,
+            base_argv=serve_argv(data_dir, args.host, args.appsettings),
+            overrides=cli_overrides(args),
+            environ=environ,
+            banner=banner,
+        )
     return _start(settings, args.host, token, banner)
 
 

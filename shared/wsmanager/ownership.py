@@ -6,11 +6,14 @@ keeps one piece of local state, the time of its last successful lease renewal, w
 self-fencing (R8) is measured against.
 
 The reclaim sweep (R6, R7) lives in ``wsmanager.reclaim``; it uses this service's store access.
+The lease bookkeeping (renewal times, self-fencing R8, trust in peer liveness R5) is the base
+class :class:`~wsmanager.lease_state.LeaseState`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -25,13 +28,14 @@ from wsmanager.core.errors import (
     SelfFenced,
 )
 from wsmanager.core.model import ConnectionRecord, ConnectionStatus, Heartbeat, Owner
-from wsmanager.core.ownership import Liveness, LivenessPolicy, is_fenced, liveness, release, renew
+from wsmanager.core.ownership import Liveness, LivenessPolicy, liveness, release, renew
 from wsmanager.indexes import (
     encode_id_list,
     encode_owner_index,
     read_id_list,
     read_owner_index,
 )
+from wsmanager.lease_state import LeaseState
 from wsmanager.ports import ABSENT, Clock, Delete, Etag, Operation, StateStore, Upsert
 
 __all__ = ["OwnershipService", "RenewReport", "Stored"]
@@ -61,7 +65,7 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
-class OwnershipService:
+class OwnershipService(LeaseState):
     """Ownership of connection records for one instance incarnation (``me``)."""
 
     def __init__(
@@ -79,31 +83,19 @@ class OwnershipService:
         if max_retries < 1:
             raise InvalidArgument("max_retries must be >= 1")
         self.store = store
-        self.me = me
-        self.policy = policy
-        self.clock = clock
         self.endpoint = endpoint
         self.record_ttl = record_ttl
         self.max_retries = max_retries
-        #: R8: when my lease was last confirmed (heartbeat written, or records renewed when
-        #: heartbeats are off). ``None`` until the first renewal: a fresh process must register
-        #: before it acts.
-        self.last_renewal_at: float | None = None
-        #: R1: set once a newer incarnation of my instance id has written its heartbeat.
-        self.superseded = False
+        LeaseState.__init__(self, me, policy, clock)
+        #: Creates and deletes of this process rewrite the same two indexes (global, mine):
+        #: taking turns here leaves CAS conflicts to other processes only (R2 unchanged).
+        self._index_lock = asyncio.Lock()
+        self._rng = random.Random()
 
     def __repr__(self) -> str:
         return f"OwnershipService(me={self.me}, store={self.store!r})"
 
     # -- R8 ----------------------------------------------------------------------------------
-
-    def fenced(self, now: float | None = None) -> bool:
-        """R8: must I stop acting on my sockets until I have re-confirmed my records?"""
-        if self.superseded:
-            return True
-        return is_fenced(
-            self.last_renewal_at, self.clock.now() if now is None else now, self.policy
-        )
 
     def check_may_act(self, record: ConnectionRecord, token: int | None = None) -> None:
         """R3 + R8 for a record I believe I own: raise unless I may act on it right now."""
@@ -144,7 +136,8 @@ class OwnershipService:
                 continue
             await self.register()
             if self.policy.heartbeats_enabled:
-                self.last_renewal_at = started
+                self._note_lapse(started)
+                self._heartbeat_at = started
             return beat
         raise ConcurrencyConflict("could not write heartbeat: too many concurrent writers")
 
@@ -245,7 +238,14 @@ class OwnershipService:
             content_type=content_type,
         )
         key = keys.connection_key(connection_id)
-        for _ in range(self.max_retries):
+        async with self._index_lock:
+            return await self._create(key, record)
+
+    async def _create(self, key: str, record: ConnectionRecord) -> Stored:
+        connection_id = record.id
+        for attempt in range(self.max_retries):
+            if attempt:
+                await self._backoff(attempt)
             glob = await read_id_list(self.store, keys.CONNECTION_INDEX)
             mine = await read_owner_index(self.store, keys.owner_index_key(self.me.instance_id))
             inst = await read_id_list(self.store, keys.INSTANCE_INDEX)
@@ -258,6 +258,7 @@ class OwnershipService:
                 ops.append(inst.upsert(inst.value + [self.me.instance_id], encode_id_list))
             try:
                 await self.store.transact(ops)
+                self.believe(record)
                 return await self.require(connection_id)
             except ConcurrencyConflict:
                 if await self.store.get(key) is not None:
@@ -297,7 +298,13 @@ class OwnershipService:
 
     async def delete(self, connection_id: str, *, token: int | None = None) -> ConnectionRecord:
         """Remove a record I own and its index entries, in one transaction."""
-        for _ in range(self.max_retries):
+        async with self._index_lock:
+            return await self._delete(connection_id, token)
+
+    async def _delete(self, connection_id: str, token: int | None) -> ConnectionRecord:
+        for attempt in range(self.max_retries):
+            if attempt:
+                await self._backoff(attempt)
             stored = await self.require(connection_id)
             self.check_may_act(stored.record, token)
             glob = await read_id_list(self.store, keys.CONNECTION_INDEX)
@@ -311,10 +318,15 @@ class OwnershipService:
                         mine.upsert(rest, encode_owner_index),
                     ]
                 )
+                self._believed.pop(connection_id, None)
                 return stored.record
             except ConcurrencyConflict:
                 continue
         raise ConcurrencyConflict(f"could not delete {connection_id}")
+
+    async def _backoff(self, attempt: int) -> None:
+        """A short jittered pause before retrying a CAS that lost to another process."""
+        await asyncio.sleep(self._rng.uniform(0, min(0.001 * 2**attempt, 0.05)))
 
     async def my_records(self, also: Iterable[str] = ()) -> dict[str, Stored]:
         """Records my per-owner index lists for this incarnation (plus ``also``), as stored
@@ -338,7 +350,7 @@ class OwnershipService:
         without sending or publishing anything more (R8).
         """
         started = self.clock.now()
-        held = set(held)
+        held = set(held) | set(self._believed)  # R8: what I believe mine, indexed or not
         current = await self.my_records(also=held)
         report = RenewReport(lost={i for i in held if i not in current})
 
@@ -365,8 +377,13 @@ class OwnershipService:
 
         for part in chunks(list(current.values()), 64):
             await asyncio.gather(*(renew_one(s) for s in part))
-        if not self.policy.heartbeats_enabled and not self.superseded:
-            self.last_renewal_at = started
+        for connection_id in report.lost:
+            self._believed.pop(connection_id, None)
+        self._believed.update(report.renewed)
+        if not self.superseded:
+            self._records_at = started
+            if self._lapsed_at is not None and started >= self._lapsed_at:
+                self._lapsed_at = None  # R8: re-confirmed after the lapse
         return report
 
     async def reconfirm(self, held: Iterable[str] = ()) -> RenewReport:
@@ -387,6 +404,8 @@ class OwnershipService:
                 for part in chunks(todo, CHUNK):
                     await self._release_chunk(part, now)
                     released.extend(s.record.id for s in part)
+                    for stored in part:
+                        self._believed.pop(stored.record.id, None)
             except ConcurrencyConflict:
                 continue
         await self.remove_heartbeat()

@@ -9,18 +9,22 @@ every per-owner index is read: record age alone decides (R4, R6).
 Takeovers go in chunks, one transaction per chunk carrying the CAS of every record plus the two
 index updates; a conflict (another sweeper won a record, or touched an index) falls back to
 one record at a time, so exactly one of several concurrent sweepers takes each record.
+
+:func:`reclaim_one` is the lazy reclaim of R3: one named record, taken only under the same
+eligibility rule (R6), by the same CAS transaction as a sweep's.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from wsmanager.core import keys
-from wsmanager.core.errors import ConcurrencyConflict
+from wsmanager.core.errors import ConcurrencyConflict, InvalidArgument
 from wsmanager.core.model import ConnectionRecord, Heartbeat, Owner
-from wsmanager.core.ownership import dead_owners, is_reclaimable, takeover
+from wsmanager.core.ownership import Liveness, dead_owners, is_reclaimable, liveness, takeover
 from wsmanager.indexes import (
     encode_id_list,
     encode_owner_index,
@@ -31,7 +35,7 @@ from wsmanager.indexes import (
 from wsmanager.ownership import OwnershipService, Stored, chunks
 from wsmanager.ports import Operation, Upsert
 
-__all__ = ["SweepReport", "sweep"]
+__all__ = ["Claim", "ClaimOutcome", "SweepReport", "reclaim_one", "sweep"]
 
 TAKEOVER_CHUNK = 50
 
@@ -48,6 +52,8 @@ class SweepReport:
     taken: list[ConnectionRecord] = field(default_factory=list)
     conflicts: int = 0
     pruned: int = 0
+    #: id -> instance id of the owner each taken record had (``None``: released, R11).
+    previous_owners: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ async def sweep(
     limit: int | None = None,
     pace: Callable[[], Awaitable[None]] | None = None,
     rng: random.Random | None = None,
+    released_only: bool = False,
 ) -> SweepReport:
     """Run one reclaim sweep and return its report.
 
@@ -71,6 +78,8 @@ async def sweep(
             function passes a live holder here.
         limit: at most this many takeovers (rate limit of R7); the rest wait for the next sweep.
         pace: awaited between takeover chunks (jittered sleep: no reconnect storm, R7).
+        released_only: take only released (ownerless, R11) records: no peer is judged dead
+            (for a drain hand-off, or while peer liveness cannot be trusted, R5).
 
     Raises:
         StoreUnavailable: the store is failing; nothing was taken (R5).
@@ -83,8 +92,10 @@ async def sweep(
     instances = (await read_id_list(service.store, keys.INSTANCE_INDEX)).value
     beats = await service.heartbeats()
     dead = dead_owners(instances, beats, now, service.policy) - {owner.instance_id}
+    if released_only:
+        dead = set()
     report.dead_instances = sorted(dead)
-    scan = sorted(dead | {keys.UNOWNED, owner.instance_id})
+    scan = [keys.UNOWNED] if released_only else sorted(dead | {keys.UNOWNED, owner.instance_id})
     raw_indexes = await service.store.bulk_get([keys.owner_index_key(i) for i in scan])
     wanted: dict[str, str] = {}  # connection id -> index instance it was found in
     for instance in scan:
@@ -140,21 +151,34 @@ async def _take_chunk(
 ) -> None:
     try:
         await _transact_takeovers(service, owner, part, now)
-        report.taken.extend(takeover(c.stored.record, owner, now) for c in part)
-        return
     except ConcurrencyConflict:
         pass
+    else:
+        for c in part:
+            taken = takeover(c.stored.record, owner, now)
+            service.believe(taken)  # R8: mine now (if the sweeper is the new owner)
+            report.taken.append(taken)
+            report.previous_owners[c.stored.record.id] = _owner_id(c.stored.record)
+        return
     for candidate in part:  # one at a time, re-reading what changed
-        taken = await _take_one(service, owner, candidate, now)
-        if taken is None:
+        one = await _take_one(service, owner, candidate, now)
+        if one is None:
             report.conflicts += 1
         else:
-            report.taken.append(taken)
+            previous, new = one
+            service.believe(new)
+            report.taken.append(new)
+            report.previous_owners[new.id] = _owner_id(previous)
+
+
+def _owner_id(record: ConnectionRecord) -> str | None:
+    return record.owner.instance_id if record.owner else None
 
 
 async def _take_one(
     service: OwnershipService, owner: Owner, candidate: _Candidate, now: float
-) -> ConnectionRecord | None:
+) -> tuple[ConnectionRecord, ConnectionRecord] | None:
+    """One record by CAS, re-reading on conflict; ``(as read, as taken)`` or ``None``."""
     for _ in range(service.max_retries):
         stored = await service.get(candidate.stored.record.id)
         if stored is None:
@@ -166,7 +190,7 @@ async def _take_one(
             await _transact_takeovers(
                 service, owner, [_Candidate(stored, candidate.index_instance)], now
             )
-            return takeover(stored.record, owner, now)
+            return stored.record, takeover(stored.record, owner, now)
         except ConcurrencyConflict:
             continue
     return None
@@ -229,3 +253,89 @@ async def _prune(service: OwnershipService, missing: dict[str, list[str]]) -> in
         except ConcurrencyConflict:
             continue
     return pruned
+
+
+# -- lazy reclaim of one record (R3 -> R6/R7) ------------------------------------------------
+
+
+class ClaimOutcome(enum.Enum):
+    TAKEN = "taken"
+    NOT_FOUND = "not_found"
+    #: Already the new owner's: nothing to take.
+    MINE = "mine"
+    #: R6: its owner is alive (or came back, or another reclaimer won it): never reclaimed.
+    OWNER_ALIVE = "owner_alive"
+    #: R6: its owner is not alive, but the record was renewed less than the stale TTL ago.
+    NOT_STALE = "not_stale"
+    #: The record kept changing under the CAS; nothing was taken.
+    CONFLICT = "conflict"
+    #: Its owner would have to be judged dead, which the caller ruled out (R5).
+    DEFERRED = "deferred"
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What :func:`reclaim_one` did. ``record``: the taken record when TAKEN, else the record
+    as last read (``None`` when not found or on conflict)."""
+
+    outcome: ClaimOutcome
+    record: ConnectionRecord | None = None
+    #: TAKEN: the owner the record had before (``None``: it was released, R11).
+    previous_owner: Owner | None = None
+
+
+async def reclaim_one(
+    service: OwnershipService,
+    connection_id: str,
+    *,
+    new_owner: Owner | None = None,
+    released_only: bool = False,
+) -> Claim:
+    """Take one record over if R6 allows it right now (the lazy reclaim of R3).
+
+    Same rule and same CAS transaction as :func:`sweep`: a record whose owner is alive is never
+    taken (R6); a dead owner's record only once it has gone ``STALE_CONNECTION_TTL`` unrenewed;
+    a released one (R11) at once. Costs a record read, one heartbeat read and one transaction.
+
+    ``released_only``: take it only if it is ownerless (R11); else DEFERRED (R5: the caller
+    cannot judge peers dead right now).
+
+    Raises:
+        StoreUnavailable: the store is failing; nothing was taken (R5).
+    """
+    owner = new_owner or service.me
+    for _ in range(service.max_retries):
+        stored = await service.get(connection_id)
+        if stored is None:
+            return Claim(ClaimOutcome.NOT_FOUND)
+        record = stored.record
+        if record.owner == owner:
+            return Claim(ClaimOutcome.MINE, record)
+        if released_only and record.owner is not None:
+            return Claim(ClaimOutcome.DEFERRED, record)
+        now = service.clock.now()
+        beat = await _heartbeat_of(service, record.owner) if record.owner else None
+        if not is_reclaimable(record, beat, now, service.policy):
+            assert record.owner is not None  # a released record is always reclaimable
+            alive = liveness(record.owner, beat, now, service.policy) is Liveness.ALIVE
+            outcome = ClaimOutcome.OWNER_ALIVE if alive else ClaimOutcome.NOT_STALE
+            return Claim(outcome, record)
+        source = record.owner.instance_id if record.owner else keys.UNOWNED
+        try:
+            await _transact_takeovers(service, owner, [_Candidate(stored, source)], now)
+        except ConcurrencyConflict:
+            continue  # re-read: another reclaimer may have won it (then its owner is alive)
+        taken = takeover(record, owner, now)
+        service.believe(taken)
+        return Claim(ClaimOutcome.TAKEN, taken, record.owner)
+    return Claim(ClaimOutcome.CONFLICT)
+
+
+async def _heartbeat_of(service: OwnershipService, owner: Owner) -> Heartbeat | None:
+    raw = await service.store.get(keys.heartbeat_key(owner.instance_id))
+    if raw is None:
+        return None
+    try:
+        return Heartbeat.from_json(raw.value)
+    except InvalidArgument:
+        return None  # unparsable: as in a sweep, no evidence that the owner is alive

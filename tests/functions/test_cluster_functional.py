@@ -154,11 +154,6 @@ async def test_a_command_for_a_dead_owner_reclaims_it_first(cluster: Cluster) ->
         assert resp.status == 409 and resp.event().data["error"]["code"] == "FAILED_PRECONDITION"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the holder's POST /internal/v1/adopt (cluster issue): without it the new "
-    "owner does not open the reclaimed socket, and the second send answers 409 not connected",
-)
 async def test_owner_killed_between_two_sends(
     processes: tuple[dict[str, str], RedisStateStore],
 ) -> None:

@@ -160,9 +160,16 @@ async def test_another_owners_connection_is_412(env: Env) -> None:
         ("PUT", "tags", {"tags": {}}),
     ):
         url = "/v1/connections/owned-by-b" + (f"/{path}" if path else "")
-        status, answer = await env.call(method, url, body)
+        # A request forwarded here is never forwarded again (R3): NotOwner naming the owner.
+        forwarded = {"X-Wsm-Forwarded": "holder-c"}
+        status, answer = await env.call(method, url, body, headers=forwarded)
         assert status == 412, (method, path, answer)
         assert answer["error"]["code"] == "FAILED_PRECONDITION"
+        assert answer["error"]["details"]["owner"] == "holder-b"
+        # A direct one: holder-b has no heartbeat (dead), but its record was just renewed, so
+        # it is not reclaimable yet (R6): retryable UNAVAILABLE, nothing changed.
+        status, answer = await env.call(method, url, body)
+        assert status == 503 and answer["error"]["code"] == "UNAVAILABLE", (method, answer)
         assert answer["error"]["details"]["owner"] == "holder-b"
     assert keys.connection_key("owned-by-b") in (await stored(env.store))["records"]
 

@@ -114,7 +114,13 @@ async def test_r8_an_owner_past_its_renew_deadline_may_not_act(store: StateStore
     clock.advance(POLICY.effective_renew_deadline + 1)
     with pytest.raises(SelfFenced):
         await a.update("c1", lambda r: r.with_changes(topic="x"))
+    # A heartbeat after the lapse is not enough: records may have been taken meanwhile. Only
+    # re-reading them (re-confirmation) lets the owner act again (R8).
     await a.heartbeat()
+    with pytest.raises(SelfFenced):
+        await a.update("c1", lambda r: r.with_changes(topic="x"))
+    report = await a.reconfirm()
+    assert report.renewed == {"c1": 1} and not report.lost
     await a.update("c1", lambda r: r.with_changes(topic="x"))
 
 

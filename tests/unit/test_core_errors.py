@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wsmanager.core import errors as e
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from wsmanager.core.errors import InvalidArgument, NotOwner, SelfFenced
 from wsmanager.core.model import ConnectionRecord, ConnectionStatus, Heartbeat, Owner
 from wsmanager.core.ownership import (

@@ -42,7 +42,13 @@ from wsmanager.core.errors import (
     http_status,
 )
 from wsmanager.core.model import Owner
-from wsmanager.holder import routes_connections, routes_events, routes_ops, routes_tags
+from wsmanager.holder import (
+    routes_connections,
+    routes_events,
+    routes_internal,
+    routes_ops,
+    routes_tags,
+)
 from wsmanager.holder.audit import AuditLog
 from wsmanager.holder.auth import CorsPolicy, MethodNotAllowed, TokenGuard
 from wsmanager.holder.bootstrap import new_owner, open_components
@@ -68,6 +74,7 @@ ALL_ROUTES: tuple[RouteSpec, ...] = (
     *routes_tags.ROUTES,
     *routes_events.ROUTES,
     *routes_ops.ROUTES,
+    *routes_internal.ROUTES,
 )
 #: Slack on top of a base64-encoded MaxMessageBytes for the JSON envelope around it.
 _BODY_SLACK = 64 * 1024
@@ -135,6 +142,17 @@ def _edge(state: HolderState, cors: CorsPolicy, guard: TokenGuard) -> Middleware
     return edge
 
 
+def _routed(spec: RouteSpec) -> Handler:
+    """R3: the handler of an owner-only route, behind the owner router (forwarding.py)."""
+    handler, operation, read_only = spec.handler, spec.operation_id, spec.routing == "read"
+
+    async def routed(request: web.Request) -> web.StreamResponse:
+        router = request.app[HOLDER].cluster.router
+        return await router.handle(request, handler, operation=operation, read_only=read_only)
+
+    return routed
+
+
 def _on_prepare(cors: CorsPolicy) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         if CORRELATION_ID in request:
@@ -163,6 +181,7 @@ def _lifecycle(
         async with open_components(
             state.settings,
             owner=state.owner,
+            token=state.token,
             audit=state.audit,
             metrics=state.metrics,
             store=store,
@@ -228,7 +247,8 @@ def create_app(
     # The router tries the routes under one path prefix in registration order: the send routes
     # (the hot path) go first so a send does not try every other connection route before.
     for spec in sorted(ALL_ROUTES, key=lambda s: not s.path.endswith(("/send", "/sendraw"))):
-        app.router.add_route(spec.method, spec.path, spec.handler, name=spec.operation_id)
+        handler = _routed(spec) if spec.routing is not None else spec.handler
+        app.router.add_route(spec.method, spec.path, handler, name=spec.operation_id)
     app.on_response_prepare.append(_on_prepare(cors))
     app.on_shutdown.append(_on_shutdown)
     app.cleanup_ctx.append(_lifecycle(store=store, publisher=publisher, clock=clock, drain=drain))

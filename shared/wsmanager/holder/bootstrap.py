@@ -39,8 +39,10 @@ from wsmanager.core import keys
 from wsmanager.core.errors import ConfigError
 from wsmanager.core.model import Owner, new_incarnation
 from wsmanager.holder.audit import AUDIT_LOGGER, AuditLog, StreamSink
+from wsmanager.holder.cluster import Cluster
 from wsmanager.holder.manager import ConnectionManager
 from wsmanager.holder.metrics import HolderMetrics
+from wsmanager.holder.peers import PeerClient
 from wsmanager.ownership import OwnershipService
 from wsmanager.ports import Clock, Publisher, StateStore
 
@@ -78,6 +80,8 @@ class Components:
     manager: ConnectionManager
     audit: AuditLog
     metrics: HolderMetrics
+    #: Discovery, forwarding, reclaim (R3-R7); ``None`` only when opened without a token.
+    cluster: Cluster | None = None
 
 
 def new_owner(settings: Settings) -> Owner:
@@ -158,6 +162,7 @@ async def open_components(
     settings: Settings,
     *,
     owner: Owner | None = None,
+    token: str | None = None,
     audit: AuditLog | None = None,
     metrics: HolderMetrics | None = None,
     store: StateStore | None = None,
@@ -165,7 +170,11 @@ async def open_components(
     clock: Clock | None = None,
     drain: bool = True,
 ) -> AsyncIterator[Components]:
-    """Open a whole holder, start its manager; on exit stop it (``drain``: R11) and close.
+    """Open a whole holder, start its manager and cluster loops; on exit stop the loops, stop
+    the manager (``drain``: R11), hand released records to peers (``drain``) and close.
+
+    ``token`` (default ``WSM_INTERNAL_TOKEN``) is what this holder sends to its peers; without
+    one the holder runs alone (no forwarding, no reclaim).
 
     Raises:
         ConfigError: a backend URL is missing or unsupported.
@@ -191,9 +200,13 @@ async def open_components(
             record_ttl=float(settings.connection_record_ttl),
         )
         if settings.clear_all_on_start:
-            log.warning("CLEAR_ALL_ON_START: deleting every connection record and index (R10)")
+            # R10: destructive maintenance switch, before anything is served; said loudly.
+            log.critical(
+                "CLEAR_ALL_ON_START=TRUE: deleting EVERY connection record and index in %s (R10)",
+                settings.redacted()["WSM_STATE_URL"],
+            )
             removed = await ownership.clear_all()
-            log.warning("CLEAR_ALL_ON_START: removed %d connection records", removed)
+            log.critical("CLEAR_ALL_ON_START: removed %d connection records", removed)
         # limit=0: the default connector stops at 100 open connections, and every outbound
         # WebSocket holds one for its whole life (brief §6).
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -202,8 +215,20 @@ async def open_components(
             settings, ownership, publisher, session=session, clock=clock, audit=audit,
             metrics=metrics,
         )  # fmt: skip
+        if token is None and settings.internal_token is not None:
+            token = settings.internal_token.get_secret_value()
+        cluster: Cluster | None = None
+        if token:
+            peers = await PeerClient(token, owner.instance_id).open()
+            stack.push_async_callback(peers.close)
+            cluster = Cluster(settings, manager, peers, metrics=metrics)
+            # Runs after manager.stop: the released records go to peers at once (R11).
+            stack.push_async_callback(cluster.after_stop, drain)
         await manager.start()
         stack.push_async_callback(manager.stop, drain)
+        if cluster is not None:
+            await cluster.start()
+            stack.push_async_callback(cluster.stop)  # first at shutdown: no reclaim while draining
         yield Components(
             settings=settings,
             owner=owner,
@@ -215,6 +240,7 @@ async def open_components(
             manager=manager,
             audit=audit,
             metrics=metrics,
+            cluster=cluster,
         )
 
 

@@ -150,8 +150,8 @@ class Connection:
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
                 await ws.close(code=code)
-        except Exception:  # a dead peer: the transport is released by aiohttp either way
-            pass
+        except Exception:  # a dead or stalled peer: drop the connection without a handshake
+            _abort(ws)
 
     async def stop_task(self) -> None:
         """Cancel the supervisor task (receive loop / reconnect) and wait for it to end."""
@@ -166,4 +166,17 @@ class Connection:
             if current is not None and current.cancelling():
                 raise
         except Exception:
+            pass
+
+
+def _abort(ws: Socket) -> None:
+    """Abort the socket's transport. A graceful close waits for unsent data to drain, which
+    a peer that stopped reading never allows: writers blocked on it would wait forever."""
+    writer = getattr(ws, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        try:
+            abort()
+        except Exception:  # already gone
             pass

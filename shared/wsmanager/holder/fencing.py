@@ -15,6 +15,7 @@ connections found lost are dropped, the rest are published once the gate reopens
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from wsmanager.ownership import OwnershipService
 
@@ -30,6 +31,9 @@ class FenceGate:
         self._seen_renewal: float | None = None
         self._needs_reconfirm = True
         self._open = asyncio.Event()
+        #: Called (never raising into the gate) each time an open gate closes: a self-fence
+        #: event (R8), counted in ``/metrics``.
+        self.on_fence: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"FenceGate(open={not self._needs_reconfirm})"
@@ -54,8 +58,14 @@ class FenceGate:
         return not self._needs_reconfirm
 
     def _close(self) -> None:
+        was_open = not self._needs_reconfirm
         self._needs_reconfirm = True
         self._open.clear()
+        if was_open and self.on_fence is not None:
+            try:
+                self.on_fence()
+            except Exception:  # a counter never breaks the gate
+                pass
 
     def confirmed(self, renewal_at: float | None) -> None:
         """The owner re-read its records as of ``renewal_at`` and dropped the lost ones."""

@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from wsmanager.holder.cancel import raise_if_cancelled
 from wsmanager.holder.connection import Connection
 from wsmanager.holder.metrics import HolderMetrics
 from wsmanager.holder.outbox import Outbox
@@ -80,12 +81,14 @@ class HealthSweep:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)
             try:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let one bad sweep end the loop
+                raise_if_cancelled(exc)
                 _log(logging.WARNING, "health sweep failed: %s: %s", type(exc).__name__, exc)
 
     async def sweep(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import math
 from collections.abc import Awaitable, Callable, Collection
 
 from wsmanager.core.errors import SelfFenced
+from wsmanager.holder.cancel import raise_if_cancelled
 from wsmanager.holder.fencing import FenceGate
 from wsmanager.ownership import OwnershipService, RenewReport
 
@@ -64,7 +65,10 @@ class LeaseKeeper:
             StoreUnavailable: the store is failing; the holder must not serve yet.
             SelfFenced: a newer incarnation of my instance id is running (R1).
         """
-        if self.keep_lease and self._ownership.policy.heartbeats_enabled:
+        if self.keep_lease:
+            # R4: with heartbeats off (interval 0) this one record is written once, as the
+            # endpoint registration peers forward to (R3); it is no liveness signal: the core
+            # ignores heartbeats then (Liveness.UNKNOWN) and record age alone decides (R6).
             await self._ownership.heartbeat(len(self._held()))
         else:
             await self._ownership.register()
@@ -72,12 +76,15 @@ class LeaseKeeper:
 
     async def run(self) -> None:
         while True:
+            raise_if_cancelled()
             await asyncio.sleep(self.interval)
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failing store must not end the keeper (R5)
+                raise_if_cancelled(exc)
+                self._ownership.note_trouble()  # R5: peers' staleness proves nothing for now
                 _log(logging.WARNING, "lease keeper tick failed: %s: %s", type(exc).__name__, exc)
 
     async def tick(self) -> None:

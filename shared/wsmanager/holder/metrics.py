@@ -107,6 +107,57 @@ class HolderMetrics:
             "wsm_audit_failures_total", "Audit records the log sink failed to take.", registry=r
         )
         self.ready = Gauge("wsm_ready", "1 while /ready answers 200, else 0.", registry=r)
+        # -- the cluster (R3-R8): forwarding, ownership misses, reclaims, fencing, peers --------
+        self.forwards = Counter(
+            "wsm_forwards_total",
+            "Commands forwarded to the owning holder (R3), by method and outcome "
+            "(ok|refused|error|unreachable).",
+            ["method", "outcome"],
+            registry=r,
+        )
+        self.ownership_misses = Counter(
+            "wsm_ownership_misses_total",
+            "Commands for a connection this holder does not own, by reason: not_owned (owner "
+            "alive: forwarded or refused) or lapsed (owner past the stale threshold: reclaim).",
+            ["reason"],
+            registry=r,
+        )
+        self.reclaim_taken = Counter(
+            "wsm_reclaim_taken_total",
+            "Connections this holder took over (R7), by trigger (sweep|lazy|drain).",
+            ["trigger"],
+            registry=r,
+        )
+        self.reclaim_conflicts = Counter(
+            "wsm_reclaim_conflicts_total",
+            "Takeovers lost to a concurrent reclaimer or a changed record (CAS, R7).",
+            registry=r,
+        )
+        self.reclaim_sweeps = Counter(
+            "wsm_reclaim_sweeps_total", "Reclaim sweeps completed (R7).", registry=r
+        )
+        self.reclaim_sweep_failures = Counter(
+            "wsm_reclaim_sweep_failures_total",
+            "Reclaim sweeps that failed (e.g. store unavailable: nothing is reclaimed, R5).",
+            registry=r,
+        )
+        self.adoptions = Counter(
+            "wsm_adoptions_total",
+            "Records this holder started holding after a takeover, by source "
+            "(sweep|lazy|request|reconcile).",
+            ["source"],
+            registry=r,
+        )
+        self.self_fence_events = Counter(
+            "wsm_self_fence_events_total",
+            "Times this holder fenced itself: lease lapsed, sends and publishes stopped (R8).",
+            registry=r,
+        )
+        self.live_peers = Gauge(
+            "wsm_live_peers",
+            "Holders with a fresh heartbeat at the last discovery (R4), this one included.",
+            registry=r,
+        )
         # labels() validates and sorts on every call; the hot paths look their children up here.
         self._send_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

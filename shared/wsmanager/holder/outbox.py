@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from wsmanager.core.errors import WsmError
+from wsmanager.holder.cancel import raise_if_cancelled
 from wsmanager.holder.fencing import FenceGate
 from wsmanager.ports import Message, Publisher
 
@@ -122,6 +123,7 @@ class Outbox:
         backoff = 0.05
         batch: list[tuple[Source | None, Message, float]] = []
         while True:
+            raise_if_cancelled()
             if not batch:
                 if not self._items:
                     self._idle.set()
@@ -142,6 +144,7 @@ class Outbox:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                raise_if_cancelled(exc)
                 self.publisher_ok = False
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.failed_batches += 1

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from wsmanager.config import Settings
     from wsmanager.holder.audit import AuditLog
     from wsmanager.holder.bootstrap import Components
+    from wsmanager.holder.cluster import Cluster
     from wsmanager.holder.metrics import HolderMetrics
     from wsmanager.ports import Publisher, StateStore
 
@@ -169,6 +170,14 @@ class HolderState:
         return manager
 
     @property
+    def cluster(self) -> Cluster:
+        """Discovery, forwarding and reclaim of this holder (R3-R7)."""
+        cluster = self._require().cluster
+        if cluster is None:
+            raise Unavailable("this holder runs without its cluster components")
+        return cluster
+
+    @property
     def store(self) -> StateStore:
         return self._require().store
 
@@ -199,6 +208,9 @@ class RouteSpec:
     #: Response media type when not JSON (``/metrics`` text, ``tail`` NDJSON).
     media_type: str = "application/json"
     query: Mapping[str, str] = field(default_factory=dict)
+    #: R3: ``"owner"``: only the owner runs it (forwarded, or reclaimed first, from any other
+    #: holder); ``"read"``: the owner answers while it can, else it is read here from the store.
+    routing: Literal["owner", "read"] | None = None
 
 
 def correlation_id(request: web.Request) -> str:

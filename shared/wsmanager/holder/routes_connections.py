@@ -263,25 +263,27 @@ ROUTES: tuple[RouteSpec, ...] = (
     ),
     RouteSpec(
         "DELETE", _ID, disconnect, "Disconnect", "Close a connection and remove its record",
-        response=Empty, errors=_OWNER_ERRORS,
+        response=Empty, errors=_OWNER_ERRORS, routing="owner",
     ),
     RouteSpec(
         "POST", f"{_ID}/publish", start_publish, "StartPublish",
         "Publish the connection's inbound frames to a topic",
-        body=PublishRequest, response=Connection, errors=_OWNER_ERRORS,
+        body=PublishRequest, response=Connection, errors=_OWNER_ERRORS, routing="owner",
     ),
     RouteSpec(
         "DELETE", f"{_ID}/publish", stop_publish, "StopPublish", "Stop publishing",
-        response=Connection, errors=_OWNER_ERRORS,
+        response=Connection, errors=_OWNER_ERRORS, routing="owner",
     ),
     RouteSpec(
         "POST", f"{_ID}/send", send, "Send",
         "Correlated request/response: 16-byte UUID prefix (32 hex digits on Text frames)",
         body=SendRequest, response=SendResponse,
         errors=(*_OWNER_ERRORS, "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"),
+        routing="owner",
     ),
     RouteSpec(
         "POST", f"{_ID}/sendraw", send_raw, "SendRaw", "Send a message as is (fire-and-forget)",
         body=SendRawRequest, response=Empty, errors=(*_OWNER_ERRORS, "RESOURCE_EXHAUSTED"),
+        routing="owner",
     ),
 )  # fmt: skip

@@ -90,7 +90,9 @@ async def ready(request: web.Request) -> web.Response:
     if components is not None:
         # R8: a holder whose lease lapsed (heartbeat, or record renewal with heartbeats off)
         # may not act on its sockets; traffic should go elsewhere until it has re-confirmed.
-        checks["lease"] = "fenced" if components.ownership.fenced() else "ok"
+        # The gate also stays closed after a lapse until the records are re-confirmed.
+        fenced = components.ownership.fenced() or not components.manager.gate.may_act()
+        checks["lease"] = "fenced" if fenced else "ok"
     failing = [name for name, value in checks.items() if value != "ok"]
     state.metrics.ready.set(0 if failing else 1)
     if not failing:

@@ -79,22 +79,23 @@ async def set_tags(request: web.Request) -> web.Response:
 
 _TAGS = "/v1/connections/{id}/tags"
 _WRITE_ERRORS = ("NOT_FOUND", "FAILED_PRECONDITION", "UNAVAILABLE")
+_READ_ERRORS = ("NOT_FOUND", "UNAVAILABLE")
 
 ROUTES: tuple[RouteSpec, ...] = (
     RouteSpec(
         "GET", _TAGS + "/{key}", get_tag, "GetTag", "One tag's value (null when unset)",
-        response=TagResponse, errors=("NOT_FOUND",),
+        response=TagResponse, errors=_READ_ERRORS, routing="read",
     ),
     RouteSpec(
         "POST", _TAGS + "/{key}", set_tag, "SetTag", "Set one tag",
-        body=TagValue, response=TagResponse, errors=_WRITE_ERRORS,
+        body=TagValue, response=TagResponse, errors=_WRITE_ERRORS, routing="owner",
     ),
     RouteSpec(
         "GET", _TAGS, get_tags, "GetTags", "All tags of a connection",
-        response=Tags, errors=("NOT_FOUND",),
+        response=Tags, errors=_READ_ERRORS, routing="read",
     ),
     RouteSpec(
         "PUT", _TAGS, set_tags, "SetTags", "Replace all tags of a connection",
-        body=Tags, response=Tags, errors=_WRITE_ERRORS,
+        body=Tags, response=Tags, errors=_WRITE_ERRORS, routing="owner",
     ),
 )  # fmt: skip

@@ -34,7 +34,7 @@ from wsmanager.core.errors import (
     WsmError,
 )
 from wsmanager.core.framing import is_text_content_type, utf8
-from wsmanager.core.model import ConnectionStatus, check_transition
+from wsmanager.core.model import ConnectionRecord, ConnectionStatus, check_transition
 from wsmanager.holder.audit import AuditLog
 from wsmanager.holder.connection import Connection, Socket
 from wsmanager.holder.events import STATUS_EVENTS, lifecycle_event
@@ -49,6 +49,10 @@ from wsmanager.ports import Clock, Publisher
 __all__ = ["Runtime", "closed_error", "log"]
 
 log = logging.getLogger("wsmanager.holder")
+
+#: R7: at most this many adopted sockets are being opened at once (no reconnect storm when a
+#: sweep hands this holder a dead peer's thousand connections).
+OPEN_CONCURRENCY = 100
 
 #: Inbound messages may be larger than what callers may send (exchange snapshots); aiohttp's
 #: own default is the floor.
@@ -91,6 +95,10 @@ class Runtime:
             max_delay=settings.max_reconnect_delay_ms / 1000,
         )
         self.gate = FenceGate(ownership)
+        if metrics is not None:
+            self.gate.on_fence = metrics.self_fence_events.inc
+        #: Bounds the adopted sockets opening at once (R7).
+        self.open_slots = asyncio.Semaphore(OPEN_CONCURRENCY)
         self.inbound = Outbox(
             publisher,
             self.gate,
@@ -141,6 +149,25 @@ class Runtime:
                 self.metrics.lifecycle_events.labels(type=kind).inc()
         except Exception as exc:  # an event must never break the transition it reports
             _log(logging.WARNING, "lifecycle event %s for %s not queued: %r", kind, conn.id, exc)
+
+    def emit_record(self, record: ConnectionRecord, kind: str, **data: Any) -> None:
+        """Queue a lifecycle event about a record this holder may hold no socket for (e.g.
+        ``reclaimed``, R7). Best-effort: never raises."""
+        try:
+            message = lifecycle_event(
+                kind,
+                connection_id=record.id,
+                url=record.url,
+                owner=self.ownership.me,
+                now=self.clock.now(),
+                fencing_token=record.fencing_token,
+                **data,
+            )
+            self.lifecycle.offer(None, message)
+            if self.metrics is not None:
+                self.metrics.lifecycle_events.labels(type=kind).inc()
+        except Exception as exc:
+            _log(logging.WARNING, "lifecycle event %s for %s not queued: %r", kind, record.id, exc)
 
     def count_reconnect(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -74,7 +74,10 @@ class Supervisor(Runtime):
 
     async def _open_adopted(self, conn: Connection) -> bool:
         try:
-            conn.ws = await self.open_socket(conn)
+            async with self.open_slots:  # R7: bounded concurrency, no reconnect storm
+                if conn.lost or conn.closing:
+                    return False
+                conn.ws = await self.open_socket(conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
