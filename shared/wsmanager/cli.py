@@ -140,7 +140,9 @@ def _register_holder(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(handler=_run_holder)
 
 
-def _start(settings: Settings, host: str, token: str, banner: list[str]) -> int:
+def _start(
+    settings: Settings, host: str, token: str, banner: list[str], *, functions: bool = False
+) -> int:
     from wsmanager.holder.bootstrap import configure_logging, run_holder
 
     for notice in settings.notices:
@@ -151,7 +153,7 @@ def _start(settings: Settings, host: str, token: str, banner: list[str]) -> int:
         print(f"wsm: listening on {url}", *banner, sep="\n  ", flush=True)
 
     try:
-        run_holder(settings, host=host, token=token, on_listening=on_listening)
+        run_holder(settings, host=host, token=token, on_listening=on_listening, functions=functions)
     except (WsmError, OSError) as exc:
         if isinstance(exc, ConfigError):
             raise
@@ -186,7 +188,8 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             environ=environ,
             banner=banner,
         )
-    return _start(settings, args.host, token, banner)
+    banner.append("functions: POST /functions/<name> (CloudEvents or JSON)")
+    return _start(settings, args.host, token, banner, functions=True)
 
 
 def _run_holder(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

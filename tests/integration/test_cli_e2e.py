@@ -217,3 +217,47 @@ async def test_holder_runs_with_production_style_config(tmp_path: Path, redis_ur
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), CALL_TIMEOUT) == 0
         log.close()
+
+
+async def test_serve_accepts_the_functions_cloudevents(served: Served, echo: WsServers) -> None:
+    """``wsm serve`` mounts the functions: the same CloudEvents a cluster's Triggers deliver."""
+    import aiohttp
+
+    token = (served.cwd / ".wsm" / "token").read_text().strip()
+    auth = {"Authorization": f"Bearer {token}"}
+    command = "com.virtufin.websocketmanager.command"
+    async with aiohttp.ClientSession(headers=auth) as http:
+        binary = {
+            "ce-specversion": "1.0", "ce-id": "evt-1", "ce-source": "/e2e",
+            "ce-type": f"{command}.connect", "Content-Type": "application/json",
+        }  # fmt: skip
+        body = json.dumps({"url": echo.url("/echo"), "tags": {"via": "function"}})
+        for _ in range(2):  # a redelivery answers the first result, not a second connection
+            async with http.post(f"{served.url}/functions/connect", data=body,
+                                 headers=binary) as resp:  # fmt: skip
+                assert resp.status == 200, await resp.text()
+                assert resp.headers["ce-type"].endswith("result.connect")
+                connection_id = (await resp.json())["connection_id"]
+        async with http.get(f"{served.url}/v1/connections?via=function") as resp:
+            assert [c["id"] for c in (await resp.json())["connections"]] == [connection_id]
+
+        structured = {
+            "specversion": "1.0", "id": "evt-2", "source": "/e2e", "type": f"{command}.send",
+            "datacontenttype": "application/json",
+            "data": {"id": connection_id, "message": "hello via a function"},
+        }  # fmt: skip
+        async with http.post(
+            f"{served.url}/functions/send",
+            data=json.dumps(structured),
+            headers={"Content-Type": "application/cloudevents+json"},
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["ce-type"].endswith("result.send")
+            assert (await resp.json())["response"] == "hello via a function"
+
+        async with http.post(f"{served.url}/functions/send", data=b"{not json",
+                             headers={"Content-Type": "application/json"}) as resp:  # fmt: skip
+            assert resp.status == 400
+    async with aiohttp.ClientSession() as anonymous:
+        async with anonymous.post(f"{served.url}/functions/connect", json={}) as resp:
+            assert resp.status == 401

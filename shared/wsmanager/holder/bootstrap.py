@@ -302,9 +302,17 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run_holder(
-    settings: Settings, *, host: str, token: str, on_listening: Callable[[str], None]
+    settings: Settings,
+    *,
+    host: str,
+    token: str,
+    on_listening: Callable[[str], None],
+    functions: bool = False,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (R11). Blocks; errors propagate."""
+    """Serve until SIGTERM/SIGINT, then drain (R11). Blocks; errors propagate.
+
+    ``functions``: also serve the CloudEvent functions at ``/functions/<name>`` (``wsm serve``).
+    """
     from wsmanager.holder.app import create_app, serve
 
     async def main() -> None:
@@ -313,6 +321,10 @@ def run_holder(
         sink = StreamSink(sys.stderr, on_failure=count)
         audit = AuditLog(sink, on_failure=count)
         app = create_app(settings, token=token, audit=audit, metrics=metrics)
+        if functions:
+            from wsmanager.holder.functions_mount import mount_functions
+
+            mount_functions(app)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
