@@ -227,6 +227,12 @@ async def _transact_takeovers(
     for c in part:
         target_value[c.stored.record.id] = owner.incarnation
     ops.append(target.upsert(target_value, encode_owner_index))
+    # The new owner must be findable by later sweeps should it die too (R7): a sweeper that
+    # never registered (heartbeats off, or the reclaim function's chosen holder) joins the
+    # instance index in the same transaction, as create() does.
+    instances = await read_id_list(service.store, keys.INSTANCE_INDEX)
+    if owner.instance_id not in instances.value:
+        ops.append(instances.upsert([*instances.value, owner.instance_id], encode_id_list))
     await service.store.transact(ops)
 
 

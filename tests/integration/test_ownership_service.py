@@ -288,3 +288,22 @@ class FailingStore:
             raise StoreUnavailable("store is down")
 
         return fail
+
+
+async def test_r7_an_unregistered_sweeper_stays_findable_after_a_takeover(
+    store: StateStore,
+) -> None:
+    """Found by the spec: with heartbeats off, b never registered; it takes c1 and dies. A
+    third instance must still find c1 through the instance index and take it."""
+    clock = ManualClock()
+    off = LivenessPolicy(heartbeat_interval=0, stale_threshold=60, stale_connection_ttl=60)
+    a = service(store, clock, "pod-a", policy=off)
+    b = service(store, clock, "pod-b", policy=off)
+    c = service(store, clock, "pod-c", policy=off)
+    await a.create("c1", "wss://h")
+    clock.advance(61)
+    assert [r.id for r in (await sweep(b)).taken] == ["c1"]
+    assert "pod-b" in (await read_id_list(store, keys.INSTANCE_INDEX)).value
+    clock.advance(61)  # b died without renewing
+    assert [r.id for r in (await sweep(c)).taken] == ["c1"]
+    assert (await c.require("c1")).record.owner == c.me
