@@ -1,8 +1,9 @@
 """The state stores the spec runs on, and two wrappers that make failures and races happen.
 
 A :class:`SpecBackend` is one running backend (an in-memory dict, a SQLite file, a Redis
-server). Every simulated process opens its own store object on it (its own connection, as a
-real pod would), all in one key prefix per example, which is dropped when the example ends.
+server, the Dapr sidecar stand-in on Redis). Every simulated process opens its own store object
+on it (its own connection, as a real pod would), all in one key prefix per example, which is
+dropped when the example ends.
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tests.support.dapr_sidecar import DaprSidecar, SidecarStateStore, fast_resilience
 from wsmanager.adapters.memory import MemoryStateStore
 from wsmanager.adapters.redis import RedisStateStore
 from wsmanager.adapters.sqlite import SqliteStateStore
 from wsmanager.core.errors import StoreUnavailable
 from wsmanager.ports import Etag, Expect, Operation, StateStore, Versioned
 
-__all__ = ["STORE_NAMES", "FailingStore", "SpecBackend", "YieldingStore"]
+__all__ = ["STORE_NAMES", "FailingStore", "OpenOnUseStore", "SpecBackend", "YieldingStore"]
 
-STORE_NAMES = ("memory", "sqlite", "redis")
+STORE_NAMES = ("memory", "sqlite", "redis", "dapr")
 
 
 class YieldingStore:
@@ -115,6 +117,55 @@ class FailingStore:
         return None  # the inner store belongs to the process
 
 
+class OpenOnUseStore:
+    """Delegates to a Dapr store, opening it at its first operation.
+
+    The machine builds store objects outside its event loop (``backend.make`` is synchronous),
+    but the SDK's aio client binds to the loop it is made on, and every example runs on a loop
+    of its own: so the client is made on first use, on the example's loop.
+    """
+
+    def __init__(self, inner: SidecarStateStore) -> None:
+        self.inner = inner
+        self._opened = False
+
+    def __repr__(self) -> str:
+        return f"OpenOnUseStore({self.inner!r})"
+
+    async def _store(self) -> SidecarStateStore:
+        if not self._opened:
+            await self.inner.open()
+            self._opened = True
+        return self.inner
+
+    async def get(self, key: str) -> Versioned | None:
+        return await (await self._store()).get(key)
+
+    async def bulk_get(self, keys: Sequence[str]) -> dict[str, Versioned]:
+        return await (await self._store()).bulk_get(keys)
+
+    async def save(
+        self, key: str, value: bytes, *, expect: Expect = None, ttl_seconds: float | None = None
+    ) -> Etag:
+        store = await self._store()
+        return await store.save(key, value, expect=expect, ttl_seconds=ttl_seconds)
+
+    async def delete(self, key: str, *, expect: Etag | None = None) -> None:
+        await (await self._store()).delete(key, expect=expect)
+
+    async def transact(self, operations: Sequence[Operation]) -> None:
+        await (await self._store()).transact(operations)
+
+    async def ping(self) -> None:
+        await (await self._store()).ping()
+
+    async def close(self) -> None:
+        await self.inner.close()  # never opened: nothing to close
+
+    def drop_namespace(self) -> None:
+        self.inner.drop_namespace()  # through the stand-in's Redis: needs no client
+
+
 class SpecBackend:
     """One backend: ``make(prefix)`` opens a store object; ``drop(prefix)`` empties a prefix."""
 
@@ -151,3 +202,23 @@ class SpecBackend:
     @classmethod
     def redis(cls, url: str) -> SpecBackend:
         return cls("redis", lambda prefix: RedisStateStore(url, key_prefix=prefix))
+
+    @classmethod
+    def dapr(cls, sidecar: DaprSidecar) -> SpecBackend:
+        """Through the real SDK (``dapr.aio``) to the sidecar stand-in, which keeps state in
+        Redis as daprd's ``state.redis`` does; each store object has its own client, as each
+        pod has its own sidecar connection."""
+        sidecar.point_sdk_here()
+
+        def make(prefix: str) -> StateStore:
+            store = SidecarStateStore(
+                sidecar,
+                key_prefix=prefix,
+                address=sidecar.grpc_address,
+                # Breaker and retries as in production, with test-sized waits: an outage
+                # (FailingStore) is injected above the adapter, the sidecar itself stays up.
+                resilience=fast_resilience(),
+            )
+            return OpenOnUseStore(store)
+
+        return cls("dapr", make)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from wsmanager import __version__
 from wsmanager._config_table import extra, named_fields
-from wsmanager.config import Settings, format_value
+from wsmanager.config import Settings, effective_backends, format_value
 from wsmanager.core.errors import ConfigError, WsmError
 
 if TYPE_CHECKING:
@@ -193,7 +193,8 @@ def _run_serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _run_holder(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    settings = load_settings(args, environ)
+    # In a Dapr-enabled pod the sidecar's backends are the default (``wsm serve`` keeps its own).
+    settings = effective_backends(load_settings(args, environ), environ)
     if settings.internal_token is None:
         raise ConfigError("WSM_INTERNAL_TOKEN", "required: wsm holder refuses to start without it")
     for key, value in (

@@ -66,8 +66,10 @@ from wsmanager.core.errors import ConfigError
 from wsmanager.core.ownership import LivenessPolicy
 
 __all__ = [
+    "DAPR_SIDECAR_ENV",
     "LOG_LEVELS",
     "Settings",
+    "effective_backends",
     "format_value",
     "redact_url",
     "settings_markdown",
@@ -215,7 +217,7 @@ class Settings(BaseModel):
         "State store: sqlite:///path, redis://host:port/db, rediss://…, "
         "memory:// or dapr (component stateStoreName).",
         redact="url",
-        default_text="(caller decides; wsm serve: SQLite under ./.wsm/)",
+        default_text="(caller decides; wsm serve: SQLite in ./.wsm/; beside a Dapr sidecar: dapr)",
     )
     pubsub_url: Annotated[OptText, AfterValidator(check_pubsub_url)] = setting(
         None,
@@ -223,7 +225,7 @@ class Settings(BaseModel):
         "Publisher: inproc://, redis://… (Redis Streams), dapr "
         "(component pubsubName) or knative (to K_SINK).",
         redact="url",
-        default_text="(caller decides; wsm serve: inproc://)",
+        default_text="(caller decides; wsm serve: inproc://; beside a Dapr sidecar: dapr)",
     )
     k_sink: Annotated[OptText, AfterValidator(check_http_url)] = setting(
         None,
@@ -361,6 +363,34 @@ class Settings(BaseModel):
             if info is not None and extra(info, "redact") and value is not None:
                 value = shown(info, value)
             yield name, value
+
+
+#: What the Dapr sidecar injector sets in the application's container: its presence means a
+#: sidecar runs beside us.
+DAPR_SIDECAR_ENV = ("DAPR_GRPC_PORT", "DAPR_HTTP_PORT")
+
+
+def effective_backends(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """``settings`` with ``WSM_STATE_URL`` / ``WSM_PUBSUB_URL`` set to ``dapr`` where they are
+    unset (in every layer) and a Dapr sidecar is present (:data:`DAPR_SIDECAR_ENV`).
+
+    For ``wsm holder`` and the functions, which run in pods; ``wsm serve`` does not call it, so
+    it keeps its SQLite / in-process defaults even inside a Dapr-enabled pod. Each choice is
+    recorded in :attr:`Settings.notices`, so start-up says why a backend was picked.
+    """
+    found = next((name for name in DAPR_SIDECAR_ENV if environ.get(name, "").strip()), None)
+    if found is None:
+        return settings
+    update: dict[str, object] = {}
+    notices = list(settings.notices)
+    for name, key in (("state_url", "WSM_STATE_URL"), ("pubsub_url", "WSM_PUBSUB_URL")):
+        if getattr(settings, name) is None:
+            update[name] = "dapr"
+            notices.append(f"{key} unset and a Dapr sidecar is present ({found}): using dapr")
+    if not update:
+        return settings
+    update["notices"] = tuple(notices)
+    return settings.model_copy(update=update)
 
 
 def _reject_unknown(overrides: Mapping[str, str]) -> None:

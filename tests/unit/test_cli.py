@@ -11,6 +11,7 @@ import pytest
 
 from wsmanager import __version__
 from wsmanager.cli import COMMANDS, main
+from wsmanager.config import Settings
 
 PLANNED = [
     "serve",
@@ -121,3 +122,51 @@ def test_installed_command_help(command: list[str]) -> None:
     result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert all(name in result.stdout for name in PLANNED)
+
+
+# -- wsm holder / wsm serve: backends when a Dapr sidecar is present ---------------------------
+
+
+def _started_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *argv: str, env: dict[str, str]
+) -> Settings:
+    """Run ``wsm <argv>`` up to the point where it would serve; return its settings."""
+    import wsmanager.cli as cli
+
+    seen: list[Settings] = []
+
+    def start(settings: Settings, *args: object, **kwargs: object) -> int:
+        seen.append(settings)
+        return 0
+
+    monkeypatch.setattr(cli, "_start", start)
+    monkeypatch.chdir(tmp_path)  # wsm serve writes its token under ./.wsm
+    assert main(list(argv), environ=env) == 0
+    return seen[0]
+
+
+def test_wsm_holder_uses_the_dapr_sidecar_when_backends_are_unset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {"WSM_INTERNAL_TOKEN": "t", "DAPR_GRPC_PORT": "50011", "DAPR_HTTP_PORT": "3511"}
+    settings = _started_with(monkeypatch, tmp_path, "holder", env=env)
+    assert (settings.state_url, settings.pubsub_url) == ("dapr", "dapr")
+    assert (settings.dapr_grpc_port, settings.dapr_http_port) == (50011, 3511)
+    env["WSM_PUBSUB_URL"] = "inproc://"
+    assert _started_with(monkeypatch, tmp_path, "holder", env=env).pubsub_url == "inproc://"
+
+
+def test_wsm_holder_without_a_sidecar_still_requires_backends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, _, err = run(capsys, "holder", env={"WSM_INTERNAL_TOKEN": "t"})
+    assert code == 1 and "WSM_STATE_URL: required by wsm holder" in err
+
+
+def test_wsm_serve_keeps_its_defaults_beside_a_sidecar(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    env = {"DAPR_GRPC_PORT": "50001", "DAPR_HTTP_PORT": "3500"}
+    settings = _started_with(monkeypatch, tmp_path, "serve", env=env)
+    assert settings.state_url is not None and settings.state_url.startswith("sqlite:///")
+    assert settings.pubsub_url == "inproc://"

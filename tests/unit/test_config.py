@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from wsmanager.config import Settings, redact_url, settings_markdown, settings_table
+from wsmanager.config import (
+    Settings,
+    effective_backends,
+    redact_url,
+    settings_markdown,
+    settings_table,
+)
 from wsmanager.core.errors import ConfigError
 from wsmanager.core.ownership import LivenessPolicy
 
@@ -357,3 +363,60 @@ def test_settings_table_is_generated_from_the_model() -> None:
     assert "clamped" in by_key["CONNECTION_RECORD_TTL_SECONDS"]["range"]
     assert all(row["description"] and row["type"] for row in rows)
     assert settings_markdown().count("\n") == len(rows) + 1
+
+
+# -- Dapr sidecar auto-detection (effective_backends) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sidecar", [{"DAPR_GRPC_PORT": "50001"}, {"DAPR_HTTP_PORT": "3500"}], ids=["grpc", "http"]
+)
+def test_a_dapr_sidecar_selects_dapr_for_unset_backends(sidecar: dict[str, str]) -> None:
+    settings = effective_backends(load(sidecar), sidecar)
+    assert (settings.state_url, settings.pubsub_url) == ("dapr", "dapr")
+    assert len(settings.notices) == 2 and all("Dapr sidecar" in n for n in settings.notices)
+    # component names and ports are the settings' own, whichever way dapr was chosen
+    assert settings.state_store_name == "statestore" and settings.pubsub_name == "pubsub"
+
+
+def test_dapr_detection_keeps_what_the_user_set(tmp_path: Path) -> None:
+    env = {"DAPR_GRPC_PORT": "50001", "WSM_STATE_URL": "redis://h:6379/0"}
+    settings = effective_backends(load(env), env)
+    assert (settings.state_url, settings.pubsub_url) == ("redis://h:6379/0", "dapr")
+    # set in appsettings or on the command line counts as set too
+    app = write_json(tmp_path / "appsettings.json", {"WSM_PUBSUB_URL": "inproc://"})
+    given = load(env, overrides={"WSM_STATE_URL": "memory://"}, appsettings=app)
+    both = effective_backends(given, env)
+    assert both is given and (both.state_url, both.pubsub_url) == ("memory://", "inproc://")
+
+
+@pytest.mark.parametrize("env", [{}, {"DAPR_GRPC_PORT": ""}, {"DAPR_HTTP_PORT": "  "}])
+def test_no_sidecar_no_change(env: dict[str, str]) -> None:
+    settings = load()
+    assert effective_backends(settings, env) is settings
+    assert settings.state_url is None and settings.pubsub_url is None
+
+
+def test_dapr_detection_keeps_earlier_notices() -> None:
+    env = {"DAPR_HTTP_PORT": "3500", "CONNECTION_RECORD_TTL_SECONDS": "1"}
+    notices = effective_backends(load(env), env).notices
+    assert notices[0].startswith("CONNECTION_RECORD_TTL_SECONDS") and len(notices) == 3
+
+
+async def test_the_functions_runtime_applies_dapr_detection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from wsmanager.functions import runtime
+
+    seen: list[Settings] = []
+
+    async def fake_open(settings: Settings) -> object:
+        seen.append(settings)
+        return object()
+
+    for name in ("WSM_STATE_URL", "WSM_PUBSUB_URL", "DAPR_HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAPR_GRPC_PORT", "50001")
+    monkeypatch.setattr(runtime.Runtime, "open", fake_open)
+    await runtime._build()
+    assert seen[0].state_url == "dapr"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from wsmanager.clock import SystemClock
-from wsmanager.config import Settings
+from wsmanager.config import Settings, effective_backends
 from wsmanager.core import keys
 from wsmanager.core.errors import ConfigError, Unavailable
 from wsmanager.core.model import Owner, new_incarnation
@@ -136,7 +136,7 @@ _RUNTIMES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[R
 
 async def _build() -> Runtime:
     try:
-        settings = Settings.load(environ=os.environ)
+        settings = effective_backends(Settings.load(environ=os.environ), os.environ)
         return await Runtime.open(settings)
     except ConfigError as exc:
         # Not the caller's fault, and fixable: retryable, so no event is dead-lettered for it.

@@ -158,6 +158,14 @@ class HolderMetrics:
             "Holders with a fresh heartbeat at the last discovery (R4), this one included.",
             registry=r,
         )
+        # -- backends -----------------------------------------------------------------------
+        self.dapr_circuit_open = Gauge(
+            "wsm_dapr_circuit_open",
+            "1 while the circuit breaker of a Dapr component (statestore|pubsub) is open: its "
+            "calls fail at once without reaching the sidecar. 0 when closed or half-open.",
+            ["component"],
+            registry=r,
+        )
         # labels() validates and sorts on every call; the hot paths look their children up here.
         self._send_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -173,6 +181,12 @@ class HolderMetrics:
         """Replace the per-status connection gauge (statuses absent from ``counts`` read 0)."""
         for status in {*_STATUSES, *counts}:
             self.connections.labels(status=status).set(counts.get(status, 0))
+
+    def set_breaker_states(self, states: Mapping[str, str]) -> None:
+        """Refresh ``wsm_dapr_circuit_open`` from breaker states by component. Called when
+        ``/metrics`` or ``/ready`` is asked: a breaker turns half-open by the clock alone."""
+        for component, state in states.items():
+            self.dapr_circuit_open.labels(component=component).set(1 if state == "open" else 0)
 
     def observe_send(self, kind: str, seconds: float, outcome: str = "ok") -> None:
         children = self._send_children.get((kind, outcome))
