@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar
 
-from wsmanager.adapters.dapr_state import open_dapr_client, rpc_status
-from wsmanager.adapters.resilience import BreakerState, Resilience, guarded_call
+from wsmanager.adapters.dapr_state import SidecarComponent, rpc_status
+from wsmanager.adapters.resilience import Resilience, guarded_call
 from wsmanager.core.errors import Internal, InvalidArgument, Unavailable
 from wsmanager.ports import Message, Publisher
 
@@ -58,7 +58,7 @@ def to_cloudevent(message: Message, *, source: str, type_: str) -> tuple[bytes, 
     return json.dumps(event, separators=(",", ":")).encode(), metadata
 
 
-class DaprPublisher:
+class DaprPublisher(SidecarComponent):
     """Publisher over a Dapr pub/sub component (``pubsubName``)."""
 
     def __init__(
@@ -78,31 +78,15 @@ class DaprPublisher:
         if max_batch < 1 or call_timeout <= 0:
             raise InvalidArgument("max_batch must be >= 1 and call_timeout > 0")
         self._pubsub = pubsub_name
-        self._client = client
-        self._owns_client = client is None
-        self._address = address
+        super().__init__(
+            client=client, address=address, call_timeout=call_timeout, resilience=resilience
+        )
         self._source = source
         self._type = default_type
         self._max_batch = max_batch
-        self._timeout = call_timeout
-        self._resilience = resilience or Resilience()
 
     def __repr__(self) -> str:
         return f"DaprPublisher({self._pubsub!r})"
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._resilience.breaker_state
-
-    async def open(self) -> DaprPublisher:
-        if self._client is None:
-            self._client = await open_dapr_client(self._address)
-        return self
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.close()
 
     async def publish(self, message: Message) -> None:
         data, metadata = to_cloudevent(message, source=self._source, type_=self._type)

@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wsmanager.adapters.dapr_state import open_dapr_client, rpc_status
-from wsmanager.adapters.resilience import BreakerState, Resilience, guarded_call
+from wsmanager.adapters.dapr_state import SidecarComponent, rpc_status
+from wsmanager.adapters.resilience import Resilience, guarded_call
 from wsmanager.core.errors import Internal, InvalidArgument, Unavailable
 
 __all__ = ["DaprSecretStore", "EnvSecretStore"]
 
 
-class DaprSecretStore:
+class DaprSecretStore(SidecarComponent):
     """A Dapr secret store component (e.g. ``kubernetes``, ``local.file``).
 
     A Dapr secret is a map; the value under the secret's own name is used, else the only value
@@ -39,28 +39,12 @@ class DaprSecretStore:
         if not isinstance(store_name, str) or not store_name.strip():
             raise InvalidArgument("store_name must be a non-empty string")
         self._store = store_name
-        self._client = client
-        self._owns_client = client is None
-        self._address = address
-        self._timeout = call_timeout
-        self._resilience = resilience or Resilience()
+        super().__init__(
+            client=client, address=address, call_timeout=call_timeout, resilience=resilience
+        )
 
     def __repr__(self) -> str:
         return f"DaprSecretStore({self._store!r})"
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._resilience.breaker_state
-
-    async def open(self) -> DaprSecretStore:
-        if self._client is None:
-            self._client = await open_dapr_client(self._address)
-        return self
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.close()
 
     async def get_secret(self, name: str) -> str | None:
         if not isinstance(name, str) or not name:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from wsmanager.adapters._keys import check_key, check_operations, check_prefix, check_ttl
 from wsmanager.adapters.resilience import BreakerState, Resilience, guarded_call
@@ -46,7 +46,14 @@ from wsmanager.core.errors import (
 )
 from wsmanager.ports import Absent, Delete, Etag, Expect, Operation, Upsert, Versioned
 
-__all__ = ["ABSENT_ETAG", "SUPERSEDED", "DaprStateStore", "open_dapr_client", "rpc_status"]
+__all__ = [
+    "ABSENT_ETAG",
+    "SUPERSEDED",
+    "DaprStateStore",
+    "SidecarComponent",
+    "open_dapr_client",
+    "rpc_status",
+]
 
 T = TypeVar("T")
 
@@ -100,7 +107,43 @@ async def open_dapr_client(address: str | None = None, *, health_timeout: float 
     return DaprClient(address=address)
 
 
-class DaprStateStore:
+class SidecarComponent:
+    """What every Dapr adapter shares: the SDK client (shared or built by :meth:`open`), its
+    call timeout and the retry/circuit-breaker guard around every sidecar call."""
+
+    def __init__(
+        self,
+        *,
+        client: Any = None,
+        address: str | None = None,
+        call_timeout: float = 5.0,
+        resilience: Resilience | None = None,
+    ) -> None:
+        if call_timeout <= 0:
+            raise InvalidArgument("call_timeout must be > 0")
+        self._client = client
+        self._owns_client = client is None
+        self._address = address
+        self._timeout = call_timeout
+        self._resilience = resilience or Resilience()
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._resilience.breaker_state
+
+    async def open(self) -> Self:
+        """Build the client now (once, at start-up) unless one was passed in."""
+        if self._client is None:
+            self._client = await open_dapr_client(self._address)
+        return self
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.close()
+
+
+class DaprStateStore(SidecarComponent):
     """StateStore over a Dapr state component (``stateStoreName``), namespaced by ``key_prefix``.
 
     Pass ``client`` to share one ``DaprClient`` (the caller closes it), or let :meth:`open`
@@ -124,32 +167,16 @@ class DaprStateStore:
             raise InvalidArgument("store_name must be a non-empty string")
         if "||" in check_prefix(key_prefix) or call_timeout <= 0:
             raise InvalidArgument("key_prefix may not contain '||'; call_timeout must be > 0")
+        super().__init__(
+            client=client, address=address, call_timeout=call_timeout, resilience=resilience
+        )
         self._store = store_name
         self._prefix = key_prefix
-        self._client = client
-        self._owns_client = client is None
-        self._address = address
-        self._timeout = call_timeout
-        self._resilience = resilience or Resilience()
         self._check_missing = check_missing
         self._absent_etag = absent_etag
 
     def __repr__(self) -> str:
         return f"DaprStateStore({self._store!r}, key_prefix={self._prefix!r})"
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._resilience.breaker_state
-
-    async def open(self) -> DaprStateStore:
-        if self._client is None:
-            self._client = await open_dapr_client(self._address)
-        return self
-
-    async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.close()
 
     async def __aenter__(self) -> DaprStateStore:
         return await self.open()
