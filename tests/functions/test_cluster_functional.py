@@ -281,3 +281,41 @@ async def test_functions_framework_cli_asgi(cluster: Cluster) -> None:
     finally:
         proc.terminate()
         await asyncio.get_running_loop().run_in_executor(None, proc.wait)
+
+
+async def test_a_cached_route_follows_an_owner_change_while_the_old_owner_lives(
+    cluster: Cluster,
+) -> None:
+    """R3: the function caches (token, endpoint) per connection and calls without a store read.
+    Once ownership moves (here: the owner releases, R11, and the peer adopts, R7) while the old
+    owner is still up, the old owner refuses the stale token (412) and the function re-reads."""
+    from wsmanager.core.model import ConnectionStatus
+    from wsmanager.holder.routes_common import HOLDER
+    from wsmanager.reclaim import sweep
+
+    cid = await connect(cluster.functions, cluster.echo.url, auto_reconnect=True)
+    assert (await send(cluster.functions, cid, "before")).event().data["response"] == "before"
+    old = next(h for h in cluster.holders if cid in h.held())
+    new = next(h for h in cluster.holders if h is not old)
+    old_parts = old.app[HOLDER].components
+    new_parts = new.app[HOLDER].components
+    assert old_parts is not None and new_parts is not None
+    await old_parts.ownership.release_all()
+    report = await sweep(new_parts.ownership, released_only=True)
+    assert cid in {r.id for r in report.taken}
+    await new_parts.manager.adopt(report.taken[0])
+    # The old owner's next lease tick learns the connection is lost and drops its socket (R8).
+    renewal = await old_parts.ownership.renew_mine(held=old.held())
+    assert renewal.lost == {cid}
+    await old_parts.manager.apply_renewal(renewal)
+    for _ in range(200):
+        stored = await cluster.runtime.ownership.require(cid)
+        if stored.record.status is ConnectionStatus.CONNECTED:
+            break
+        await asyncio.sleep(0.05)
+    assert stored.record.owner == new_parts.ownership.me and stored.record.fencing_token == 3
+
+    resp = await send(cluster.functions, cid, "after")
+    assert resp.status == 200, resp
+    assert resp.event().data["response"] == "after"
+    assert cluster.runtime.router._routes[cid][0] == 3  # re-read at the new token

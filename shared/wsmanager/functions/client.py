@@ -17,6 +17,7 @@ from yarl import URL
 from wsmanager.core.errors import Unavailable
 from wsmanager.functions.commands import HolderCall
 from wsmanager.functions.dedupe import Answer
+from wsmanager.holder.peers import TOKEN_HEADER  # the holder checks it (R3)
 
 __all__ = ["ADOPT_PATH", "HolderClient", "HolderUnreachable", "new_session"]
 
@@ -53,8 +54,13 @@ class HolderClient:
     def __repr__(self) -> str:
         return "HolderClient()"
 
-    async def call(self, endpoint: str, call: HolderCall, correlation_id: str) -> Answer:
+    async def call(
+        self, endpoint: str, call: HolderCall, correlation_id: str, *, token: int | None = None
+    ) -> Answer:
         """Make ``call`` on the holder at ``endpoint`` and return its answer unchanged.
+
+        ``token``: the fencing token the route was read at; the holder refuses a stale one with
+        412 (R3), so a cached route can never act on a former owner's socket.
 
         Raises:
             HolderUnreachable: no HTTP answer (refused, reset, timed out).
@@ -63,7 +69,7 @@ class HolderClient:
         if call.query:
             url = url.with_query(list(call.query))
         return await self._request(
-            call.method, url, endpoint, call.body, correlation_id, call.timeout
+            call.method, url, endpoint, call.body, correlation_id, call.timeout, token
         )
 
     async def adopt(
@@ -83,8 +89,11 @@ class HolderClient:
         body: dict[str, object] | None,
         correlation_id: str,
         timeout: float,
+        token: int | None = None,
     ) -> Answer:
         headers = {"X-Correlation-Id": correlation_id}
+        if token is not None:
+            headers[TOKEN_HEADER] = str(token)
         try:
             async with self.session.request(
                 method,

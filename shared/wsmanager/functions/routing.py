@@ -5,9 +5,11 @@ connection named in the command (everything else, R3), reclaiming first when tha
   counting the connects this process routed to a holder since its last heartbeat, so a burst of
   connects between two heartbeats spreads out instead of piling onto one holder. Ties are
   broken at random.
-* **Owner.** The record names the owner; its heartbeat names the endpoint. Endpoints are cached
-  by ``(connection id, fencing token)``: a token changes on every change of owner (R2), so a
-  cached entry can never point at a former owner, and the steady state costs one record read.
+* **Owner.** The record names the owner; its heartbeat names the endpoint. Routes are cached by
+  connection id with the fencing token they were read at, and a cached call carries that token
+  (``X-Wsm-Fencing-Token``): the holder refuses a stale token with 412 (R3), which drops the
+  entry and re-reads. So the steady state costs no store read at all, and a token change
+  (every change of owner, R2) can never send a command to a former owner's sockets.
 * **Dead owner.** When the owner's heartbeat is stale (R4/R5, by the core's rules) or the record
   was released (R11), the router runs a reclaim sweep (R7) whose new owner is a live holder
   chosen by load, asks that holder to adopt what it got, and routes to the new owner. If the
@@ -87,7 +89,8 @@ class Router:
         self.audit = audit or AuditLog()
         self.cache_size = cache_size
         self.adopt_wait = adopt_wait
-        self._routes: OrderedDict[tuple[str, int], str] = OrderedDict()
+        #: connection id -> (fencing token, owner endpoint) as last read from the store.
+        self._routes: OrderedDict[str, tuple[int, str]] = OrderedDict()
         # instance id -> (heartbeat time it applies to, connects routed there since)
         self._assigned: dict[str, tuple[float, int]] = {}
         self._rng = rng or random.Random()
@@ -148,6 +151,16 @@ class Router:
                 holder is alive to take it; the store is failing.
         """
         assert call.connection_id is not None
+        cached = self._routes.get(call.connection_id)
+        if cached is not None:  # hot path: no store read, the owner checks the token (R3)
+            token, endpoint = cached
+            try:
+                answer = await self.client.call(endpoint, call, correlation_id, token=token)
+            except HolderUnreachable:
+                answer = None
+            if answer is not None and answer.status != 412:
+                return answer
+            self._routes.pop(call.connection_id, None)  # stale or gone: re-read below
         for attempt in (1, 2):
             stored = await self.ownership.require(call.connection_id)
             record = stored.record
@@ -170,7 +183,7 @@ class Router:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _forget(self, record: ConnectionRecord) -> None:
-        self._routes.pop((record.id, record.fencing_token), None)
+        self._routes.pop(record.id, None)
 
     async def _heartbeat(self, owner: Owner) -> Heartbeat | None:
         raw = await self.ownership.store.get(keys.heartbeat_key(owner.instance_id))
@@ -193,9 +206,10 @@ class Router:
 
     async def _endpoint(self, record: ConnectionRecord, correlation_id: str) -> str:
         key = (record.id, record.fencing_token)
-        if (cached := self._routes.get(key)) is not None:
-            self._routes.move_to_end(key)
-            return cached
+        cached = self._routes.get(record.id)
+        if cached is not None and cached[0] == record.fencing_token:
+            self._routes.move_to_end(record.id)
+            return cached[1]
         owner = record.owner
         if owner is not None:
             beat = await self._heartbeat(owner)
@@ -233,7 +247,8 @@ class Router:
             await asyncio.sleep(0.05)
 
     def _remember(self, key: tuple[str, int], endpoint: str) -> str:
-        self._routes[key] = endpoint
+        connection_id, token = key
+        self._routes[connection_id] = (token, endpoint)
         if len(self._routes) > self.cache_size:
             self._routes.popitem(last=False)
         return endpoint
