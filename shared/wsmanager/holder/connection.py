@@ -25,7 +25,7 @@ from wsmanager.core.validation import redact_url
 from wsmanager.holder.events import InboundTemplate
 from wsmanager.holder.fencing import FenceGate
 
-__all__ = ["Connection", "Socket"]
+__all__ = ["Connection", "Socket", "abort_transport"]
 
 #: Sockets are opened with ``decode_text=False``: Text frames arrive as UTF-8 bytes.
 Socket = aiohttp.ClientWebSocketResponse[Literal[False]]
@@ -145,13 +145,19 @@ class Connection:
     async def close_socket(self, code: int) -> None:
         """Close the socket with ``code`` (1000 normal, 1001 going away); never raises."""
         ws, self.ws = self.ws, None
-        if ws is None or ws.closed:
+        if ws is None:
             return
         try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await ws.close(code=code)
+            if not ws.closed:
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await ws.close(code=code)
         except Exception:  # a dead or stalled peer: drop the connection without a handshake
-            _abort(ws)
+            abort_transport(ws)
+            return
+        if self.inflight:
+            # Writers still blocked on a full buffer (a peer that stopped reading): a graceful
+            # close waits for that buffer to drain, which never happens. Drop it.
+            abort_transport(ws)
 
     async def stop_task(self) -> None:
         """Cancel the supervisor task (receive loop / reconnect) and wait for it to end."""
@@ -169,9 +175,10 @@ class Connection:
             pass
 
 
-def _abort(ws: Socket) -> None:
+def abort_transport(ws: Socket) -> None:
     """Abort the socket's transport. A graceful close waits for unsent data to drain, which
-    a peer that stopped reading never allows: writers blocked on it would wait forever."""
+    a peer that stopped reading never allows: writers blocked on it would wait forever (their
+    ``drain`` only ends when the connection is lost)."""
     writer = getattr(ws, "_writer", None)
     transport = getattr(writer, "transport", None)
     abort = getattr(transport, "abort", None)

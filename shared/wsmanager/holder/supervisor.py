@@ -15,7 +15,7 @@ from typing import Any
 
 from wsmanager.core.errors import NotFound, NotOwner
 from wsmanager.core.model import ConnectionRecord, ConnectionStatus
-from wsmanager.holder.connection import Connection
+from wsmanager.holder.connection import Connection, abort_transport
 from wsmanager.holder.receive import receive_frames
 from wsmanager.holder.reconnect import describe_error, reconnect
 from wsmanager.holder.runtime import Runtime, closed_error, log
@@ -49,6 +49,8 @@ class Supervisor(Runtime):
                 end = await receive_frames(conn, ws, self.on_inbound)
                 if conn.closing or conn.lost:
                     return
+                if conn.inflight:  # it ended under writers blocked on its buffer: wake them
+                    abort_transport(ws)
                 if end.ping_timeout:
                     conn.ping_timeouts += 1  # dead peer: keepalive pong missing
                 if end.error is not None:
