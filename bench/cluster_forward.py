@@ -24,7 +24,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -36,18 +35,13 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.* (the Redis launcher, the cluster harness)
-
+from bench._common import percentile, start_process, stop_process  # noqa: E402
 from tests.cluster.harness import TOKEN, HolderProcess, holder_environ  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "cluster_forward.json"
 SERVERS = ROOT / "bench" / "servers.py"
 CONCURRENCY = 32
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -99,8 +93,8 @@ async def load(
         result.update(
             ok=len(latencies),
             msgs_per_s=round(len(latencies) / elapsed, 1),
-            p50_ms=round(_pct(latencies, 0.50) * 1e3, 3),
-            p99_ms=round(_pct(latencies, 0.99) * 1e3, 3),
+            p50_ms=round(percentile(latencies, 0.50) * 1e3, 3),
+            p99_ms=round(percentile(latencies, 0.99) * 1e3, 3),
         )
     return result
 
@@ -143,27 +137,7 @@ async def measure(
 
 
 def _start_echo(port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVERS), "echo", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "ready" in line:
-            return proc
-    raise RuntimeError("the echo server exited before it was ready")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return start_process([sys.executable, str(SERVERS), "echo", str(port)], "ready")
 
 
 async def run(redis_url: str, echo: str, quick: bool, logs: Path) -> dict[str, Any]:
@@ -240,7 +214,7 @@ def main() -> int:
                 run(redis.url, f"ws://127.0.0.1:{echo_port}", args.quick, Path(tmp))
             )
     finally:
-        _stop(echo)
+        stop_process(echo)
     report = {
         "benchmark": "cluster_forward",
         "quick": args.quick,

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -43,7 +42,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support (the Redis launcher) lives beside shared/
-
+from bench._common import percentile, start_process, stop_process  # noqa: E402
 from tests.support.redis_server import RedisServer, free_port  # noqa: E402
 
 __all__ = ["main"]
@@ -54,33 +53,6 @@ TOKEN = "bench-token"
 RATE_TARGET = 0.4
 COMMAND_SEND = "com.virtufin.websocketmanager.command.send"
 Request = tuple[bytes, dict[str, str]]
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _start(argv: list[str], ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a server process and wait until it prints ``ready``."""
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if ready in line:
-            return proc
-    raise RuntimeError(f"{argv[:4]} exited before it was ready")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def load(
@@ -116,8 +88,8 @@ async def load(
         "requests": requests,
         "concurrency": concurrency,
         "msgs_per_s": round(requests / elapsed, 1),
-        "p50_ms": round(_pct(latencies, 0.50) * 1e3, 3),
-        "p99_ms": round(_pct(latencies, 0.99) * 1e3, 3),
+        "p50_ms": round(percentile(latencies, 0.50) * 1e3, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3),
     }
 
 
@@ -308,13 +280,13 @@ def main() -> int:
             "Logging__LogLevel__Default": "Warning",
         }
         try:
-            procs.append(_start([*roles, "echo", str(echo_port)], "ready"))
+            procs.append(start_process([*roles, "echo", str(echo_port)], "ready"))
             target = f"{echo}/echo"
             forwarder = [*roles, "forwarder", str(fwd_port), target]
-            procs.append(_start(forwarder, "ready"))
+            procs.append(start_process(forwarder, "ready"))
             holder = [sys.executable, "-m", "wsmanager.cli", "holder",
                       "--http-port", str(holder_port), "--host", "127.0.0.1"]  # fmt: skip
-            procs.append(_start(holder, "listening on", {**env, "HOSTNAME": "bench-h"}))
+            procs.append(start_process(holder, "listening on", {**env, "HOSTNAME": "bench-h"}))
             function = [str(Path(sys.executable).with_name("functions-framework")),
                         "--target", "send", "--source", str(ROOT / "functions/send/main.py"),
                         "--asgi", "--host", "127.0.0.1", "--port", str(fn_port)]  # fmt: skip
@@ -335,7 +307,7 @@ def main() -> int:
             results = asyncio.run(measure(urls, echo, args.quick, pids))
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process(proc)
     ratios = results["vs_forwarder"]
     report = {
         "benchmark": "function_send",
@@ -382,7 +354,7 @@ def _start_function(argv: list[str], env: dict[str, str], port: int) -> subproce
     try:
         asyncio.run(ready())
     except BaseException:
-        _stop(proc)
+        stop_process(proc)
         raise
     return proc
 

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.support (the Redis launcher) lives beside shared/
+from bench._common import percentile, start_process, stop_process  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import echo_role, forwarder_role  # noqa: E402
@@ -55,11 +55,6 @@ PUBLISH_TARGET = 50_000
 
 
 # -- the load generator ------------------------------------------------------------------------
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def load(
@@ -94,8 +89,8 @@ async def load(
         "requests": requests,
         "concurrency": concurrency,
         "msgs_per_s": round(requests / elapsed, 1),
-        "p50_ms": round(_pct(latencies, 0.50) * 1e3, 3),
-        "p99_ms": round(_pct(latencies, 0.99) * 1e3, 3),
+        "p50_ms": round(percentile(latencies, 0.50) * 1e3, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3),
     }
 
 
@@ -112,8 +107,8 @@ async def ws_roundtrip(url: str, count: int) -> dict[str, float]:
             assert msg.data.startswith(key)
     return {
         "requests": count,
-        "p50_ms": round(_pct(latencies, 0.5) * 1e3, 3),
-        "p99_ms": round(_pct(latencies, 0.99) * 1e3, 3),
+        "p50_ms": round(percentile(latencies, 0.5) * 1e3, 3),
+        "p99_ms": round(percentile(latencies, 0.99) * 1e3, 3),
     }
 
 
@@ -191,27 +186,6 @@ async def publish_baseline(echo: str, redis_url: str, frames: int) -> dict[str, 
 
 
 # -- orchestration -------------------------------------------------------------------------------
-
-
-def _start(argv: list[str], ready: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if ready in line:
-            return proc
-    raise RuntimeError(f"{argv[:4]} exited before it was ready")
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 async def measure(
@@ -324,8 +298,8 @@ def main() -> int:
     procs: list[subprocess.Popen[str]] = []
     with RedisServer() as redis:
         try:
-            procs.append(_start([*servers, "echo", str(echo_port)], "ready"))
-            procs.append(_start(
+            procs.append(start_process([*servers, "echo", str(echo_port)], "ready"))
+            procs.append(start_process(
                 [*servers, "forwarder", str(fwd_port), f"{echo}/echo"],
                 "ready",
             ))  # fmt: skip
@@ -340,7 +314,7 @@ def main() -> int:
             }
             holder_argv = [sys.executable, "-m", "wsmanager.cli", "holder",
                            "--http-port", str(holder_port), "--host", "127.0.0.1"]  # fmt: skip
-            procs.append(_start(holder_argv, "listening on", env))
+            procs.append(start_process(holder_argv, "listening on", env))
             results = asyncio.run(
                 measure(
                     f"http://127.0.0.1:{holder_port}",
@@ -353,7 +327,7 @@ def main() -> int:
             )
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process(proc)
     report = {
         "benchmark": "holder_send",
         "quick": args.quick,
