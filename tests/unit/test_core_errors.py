@@ -67,3 +67,17 @@ def test_retryable_errors_are_5xx_or_429() -> None:
     for cls in (e.StoreUnavailable, e.OwnerUnreachable, e.DeadlineExceeded, e.ResourceExhausted):
         assert cls.retryable and (cls.http_status >= 500 or cls.http_status == 429)
     assert not e.InvalidArgument.retryable and not e.NotFound.retryable
+
+
+@pytest.mark.parametrize(
+    ("cls", "status", "code"),
+    [
+        (e.MethodNotAllowed, 405, 12),
+        (e.Unauthenticated, 401, 16),
+        (e.PermissionDenied, 403, 7),
+    ],
+)
+def test_edge_errors_belong_to_the_one_tree(cls: type[e.WsmError], status: int, code: int) -> None:
+    error = cls("x")
+    assert (e.http_status(error), e.grpc_code(error)) == (status, code)
+    assert e.error_body(error)["error"]["code"] in e.GRPC_CODES

@@ -8,8 +8,11 @@ them with :func:`error_body`; nothing else decides a status code.
 
     WsmError                              (abstract root; code, http_status, retryable)
     ├── InvalidArgument(ValueError)       INVALID_ARGUMENT     400  bad input, nothing changed
+    │   ├── MethodNotAllowed              UNIMPLEMENTED        405  path exists, method does not
     │   ├── ConfigError                   INVALID_ARGUMENT     400  bad setting, names the key
     │   └── InvalidEvent                  INVALID_ARGUMENT     400  malformed CloudEvent / command
+    ├── Unauthenticated                   UNAUTHENTICATED      401  no or wrong internal token
+    ├── PermissionDenied                  PERMISSION_DENIED    403  CORS origin not allowed
     ├── NotFound(LookupError)             NOT_FOUND            404
     ├── AlreadyExists                     ALREADY_EXISTS       409
     ├── FailedPrecondition                FAILED_PRECONDITION  409
@@ -43,13 +46,16 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "InvalidEvent",
+    "MethodNotAllowed",
     "NotConnected",
     "NotFound",
     "NotOwner",
     "OwnerUnreachable",
+    "PermissionDenied",
     "ResourceExhausted",
     "SelfFenced",
     "StoreUnavailable",
+    "Unauthenticated",
     "Unavailable",
     "WsmError",
     "GRPC_CODES",
@@ -62,6 +68,7 @@ __all__ = [
 #: gRPC status codes by name (google.rpc.Code), so the core needs no grpc import.
 GRPC_CODES: dict[str, int] = {
     "OK": 0,
+    "UNIMPLEMENTED": 12,
     "CANCELLED": 1,
     "UNKNOWN": 2,
     "INVALID_ARGUMENT": 3,
@@ -111,6 +118,23 @@ class ConfigError(InvalidArgument):
 
 class InvalidEvent(InvalidArgument):
     """A CloudEvent or command body that can never succeed (poison: do not redeliver)."""
+
+
+class MethodNotAllowed(InvalidArgument):
+    """The path exists, the method does not (gRPC transcoding says UNIMPLEMENTED)."""
+
+    code = "UNIMPLEMENTED"
+    http_status = 405
+
+
+class Unauthenticated(WsmError):
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class PermissionDenied(WsmError):
+    code = "PERMISSION_DENIED"
+    http_status = 403
 
 
 class NotFound(WsmError, LookupError):

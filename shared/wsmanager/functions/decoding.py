@@ -25,7 +25,7 @@ from cloudevents.exceptions import GenericException as CloudEventError
 from cloudevents.http import from_http
 from pydantic import BaseModel
 
-from wsmanager.core.errors import InvalidArgument, InvalidEvent
+from wsmanager.core.errors import InvalidArgument, InvalidEvent, MethodNotAllowed
 from wsmanager.functions.commands import COMMANDS, FUNCTIONS, Command, parse_data
 
 __all__ = [
@@ -50,13 +50,6 @@ _SPECVERSIONS = ("1.0", "0.3")
 # What the holder accepts as X-Correlation-Id; anything else is hashed into that shape.
 _CORRELATION_OK = re.compile(r"[\x21-\x7e]{1,128}")
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
-
-
-class MethodNotAllowed(InvalidArgument):
-    """A plain HTTP method this function does not serve."""
-
-    code = "UNIMPLEMENTED"
-    http_status = 405
 
 
 class Mode(enum.Enum):

@@ -21,7 +21,12 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from wsmanager.core.errors import NotFound, WsmError
+from wsmanager.core.errors import (
+    MethodNotAllowed,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 
 __all__ = [
     "ALLOWED_HEADERS",
@@ -36,23 +41,6 @@ __all__ = [
 #: Request headers a browser may send cross-origin (lower-case, as preflights list them).
 ALLOWED_HEADERS = ("authorization", "content-type", "traceparent", "x-correlation-id")
 _PREFLIGHT_MAX_AGE = "600"
-
-
-class Unauthenticated(WsmError):
-    code = "UNAUTHENTICATED"
-    http_status = 401
-
-
-class PermissionDenied(WsmError):
-    code = "PERMISSION_DENIED"
-    http_status = 403
-
-
-class MethodNotAllowed(WsmError):
-    """The path exists, the method does not (gRPC transcoding says UNIMPLEMENTED)."""
-
-    code = "UNIMPLEMENTED"
-    http_status = 405
 
 
 def _route_path(request: web.Request) -> str | None:
