@@ -213,3 +213,15 @@ def test_timeout_ms_rules() -> None:
     for bad in (0, -5, 600_001, 1.5, True, "10"):
         with pytest.raises(InvalidArgument):
             validate_timeout_ms(bad)
+
+
+def test_correlation_ids_and_trace_ids_are_parsed_in_one_place() -> None:
+    from wsmanager.core.validation import trace_id, usable_correlation_id
+
+    assert usable_correlation_id("  req-42 ") == "req-42"
+    assert usable_correlation_id("has space") is None
+    assert usable_correlation_id("x" * 129) is None and usable_correlation_id(None) is None
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id(f"00-{trace.upper()}-00f067aa0ba902b7-01") == trace
+    assert trace_id(f"00-{'0' * 32}-00f067aa0ba902b7-01") is None
+    assert trace_id("garbage") is None and trace_id(None) is None

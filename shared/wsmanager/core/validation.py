@@ -34,6 +34,8 @@ __all__ = [
     "host_allowed",
     "parse_tag_filters",
     "redact_text",
+    "trace_id",
+    "usable_correlation_id",
     "redact_url",
     "validate_tag_key",
     "validate_tag_value",
@@ -240,6 +242,24 @@ def redact_text(text: str) -> str:
     """Free text (an exception message, say) with URL passwords replaced by ``***``."""
     # Up to the last "@" of the authority, as urllib does: a raw "@" in a password stays hidden.
     return _QUERY_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", text))
+
+
+# What an X-Correlation-Id may be: printable ASCII without spaces, at most 128 characters.
+_CORRELATION_OK = re.compile(r"[\x21-\x7e]{1,128}")
+# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def usable_correlation_id(value: str | None) -> str | None:
+    """``value`` (stripped) if it can be a correlation id as given, else ``None`` (brief §8)."""
+    given = (value or "").strip()
+    return given if _CORRELATION_OK.fullmatch(given) else None
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a W3C ``traceparent`` header, or ``None`` if it is not a valid one."""
+    match = _TRACEPARENT.fullmatch((traceparent or "").strip().lower())
+    return match.group(1) if match and match.group(1) != "0" * 32 else None
 
 
 def validate_tags(tags: Mapping[str, str] | None) -> dict[str, str]:

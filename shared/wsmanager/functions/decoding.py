@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from cloudevents.http import from_http
 from pydantic import BaseModel
 
 from wsmanager.core.errors import InvalidArgument, InvalidEvent, MethodNotAllowed
+from wsmanager.core.validation import trace_id, usable_correlation_id
 from wsmanager.functions.commands import COMMANDS, FUNCTIONS, Command, parse_data
 
 __all__ = [
@@ -47,9 +47,6 @@ _STRUCTURED = "application/cloudevents+json"
 _BATCH = "application/cloudevents-batch+json"
 _REQUIRED = ("specversion", "id", "source", "type")
 _SPECVERSIONS = ("1.0", "0.3")
-# What the holder accepts as X-Correlation-Id; anything else is hashed into that shape.
-_CORRELATION_OK = re.compile(r"[\x21-\x7e]{1,128}")
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 class Mode(enum.Enum):
@@ -130,14 +127,12 @@ def correlation_of(event_id: str | None, headers: Mapping[str, str]) -> str:
     same event always gets the same correlation id."""
     for given in (event_id, headers.get(CORRELATION_HEADER)):
         if given:
-            given = given.strip()
-            if _CORRELATION_OK.fullmatch(given):
-                return given
-            return hashlib.sha256(given.encode("utf-8", "replace")).hexdigest()[:32]
-    match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip().lower())
-    if match and match.group(1) != "0" * 32:
-        return match.group(1)
-    return uuid.uuid4().hex
+            usable = usable_correlation_id(given)
+            if usable is not None:
+                return usable
+            # Hashed into the holder's accepted shape, so one event keeps one correlation id.
+            return hashlib.sha256(given.strip().encode("utf-8", "replace")).hexdigest()[:32]
+    return trace_id(headers.get("traceparent")) or uuid.uuid4().hex
 
 
 def _strict_json(raw: bytes, what: str) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from wsmanager.core.errors import InvalidArgument, Unavailable, WsmError
 from wsmanager.core.model import ConnectionRecord, Owner
-from wsmanager.core.validation import redact_url
+from wsmanager.core.validation import redact_url, trace_id, usable_correlation_id
 
 if TYPE_CHECKING:
     from wsmanager.config import Settings
@@ -52,9 +51,6 @@ __all__ = [
 ]
 
 CORRELATION_HEADER = "X-Correlation-Id"
-_CORRELATION_OK = re.compile(r"[\x21-\x7e]{1,128}")
-# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid.
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}")
 _JSON_TYPES = frozenset({"application/json"})
 _random = random.Random()
 
@@ -218,12 +214,13 @@ def correlation_id(request: web.Request) -> str:
     ``traceparent`` trace id, else a new one. Stored on the request by the edge middleware."""
     if CORRELATION_ID in request:
         return request[CORRELATION_ID]
-    given = request.headers.get(CORRELATION_HEADER, "").strip()
-    if _CORRELATION_OK.fullmatch(given):
+    headers = request.headers
+    given = usable_correlation_id(headers.get(CORRELATION_HEADER))
+    if given is not None:
         return given
-    match = _TRACEPARENT.fullmatch(request.headers.get("traceparent", "").strip().lower())
-    if match and match.group(1) != "0" * 32:
-        return match.group(1)
+    traced = trace_id(headers.get("traceparent"))
+    if traced is not None:
+        return traced
     # Not a secret, just unique: 128 bits from the PRNG cost no system call (uuid4 does one).
     return f"{_random.getrandbits(128):032x}"
 
